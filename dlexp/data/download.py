@@ -1,0 +1,246 @@
+"""Find a data set's files on disk, or download them from the publishers' mirrors.
+
+Search order for every file (the first copy whose checksum matches wins):
+
+1. `dataset.root` (the folder holding the files),
+2. `$DLEXP_DATA/<folder>`,
+3. the user cache `${XDG_CACHE_HOME:-~/.cache}/dlexp/<folder>`,
+4. `/usr/share/datasets/<folder>` (Debian's `dataset-fashion-mnist` installs there),
+5. a download from the mirrors in `MIRRORS[folder]` into the user cache.
+
+A copy whose checksum does not match is refused with a warning and the search goes on; a bad copy in
+the cache is replaced by a fresh download. Downloads go to `<file>.part`, are resumed with an HTTP
+Range request after a broken transfer, are verified, and only then renamed to `<file>`: a partial
+file is never taken for a complete one. A mirror that fails (HTTP error, timeout, short transfer,
+wrong checksum) gives way to the next. With no mirror left, one `DataNotFoundError` names the files,
+their checksums, the URLs tried and the folders to put them in.
+
+`DLEXP_MIRRORS="http://host/a/{folder}/,http://host/b/"` replaces every mirror list (tests serve the
+files from 127.0.0.1 this way); `DLEXP_OFFLINE=1` never downloads.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from dlexp.data.cache import cache_dir, file_digest
+from dlexp.errors import ConfigError
+
+# Publishers' mirrors, tried in order; `{folder}` is not needed in these, the file name is appended.
+MIRRORS: dict[str, list[str]] = {
+    # Zalando's official mirror (http only; also what torchvision uses)
+    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    # torchvision's MNIST.mirrors: the PyTorch CI copy first, then LeCun's own site
+    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
+    # d2l's DATA_URL (d2l uses http; the same bucket answers on https)
+    "airfoil": ["https://d2l-data.s3-accelerate.amazonaws.com/", "http://d2l-data.s3-accelerate.amazonaws.com/"],
+    "kaggle-house": [
+        "https://d2l-data.s3-accelerate.amazonaws.com/",
+        "http://d2l-data.s3-accelerate.amazonaws.com/",
+    ],
+}
+SYSTEM_DIR = Path("/usr/share/datasets")
+TIMEOUT_S = 30.0  # per blocking socket operation, not per file
+ATTEMPTS_PER_MIRROR = 3  # a broken transfer is resumed this many times before the next mirror
+
+
+class DataError(ConfigError):
+    """A data file is missing, corrupt or cannot be fetched. The message says which and what to do."""
+
+
+class DataNotFoundError(DataError):
+    pass
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One published file and its published checksum."""
+
+    name: str
+    algo: str  # "md5" | "sha1", as published (torchvision's MD5s, d2l's DATA_HUB SHA-1s)
+    digest: str
+    size: int
+    # MD5 of the decompressed content of a .gz file: Debian re-wrote the gzip headers of
+    # dataset-fashion-mnist (new mtime, no stored name), so its .gz bytes differ but the data do not.
+    gunzipped_md5: str | None = None
+
+
+def _say(msg: str) -> None:
+    print(f"dlexp: {msg}", file=sys.stderr)
+
+
+def search_dirs(folder: str, root: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """(label, folder) in search order, whether or not they exist."""
+    dirs = []
+    if root:
+        dirs.append(("dataset.root", Path(root).expanduser()))
+    if os.environ.get("DLEXP_DATA"):
+        dirs.append(("$DLEXP_DATA", Path(os.environ["DLEXP_DATA"]).expanduser() / folder))
+    dirs.append(("user cache", cache_dir(folder)))
+    dirs.append(("system", SYSTEM_DIR / folder))
+    return dirs
+
+
+def mirror_urls(folder: str, name: str) -> list[str]:
+    env = os.environ.get("DLEXP_MIRRORS")
+    bases = [b.strip() for b in env.split(",") if b.strip()] if env else MIRRORS.get(folder, [])
+    urls = []
+    for base in bases:
+        base = base.replace("{folder}", folder)
+        urls.append(base + ("" if base.endswith("/") else "/") + name)
+    return urls
+
+
+def verify(path: Path, f: RemoteFile) -> bool:
+    """True when `path` holds the published bytes (or, for a .gz, the published data)."""
+    try:
+        if path.stat().st_size == f.size and file_digest(path, f.algo) == f.digest:
+            return True
+        if f.gunzipped_md5 is None:
+            return False
+        h = hashlib.md5()
+        with gzip.open(path, "rb") as g:
+            while block := g.read(1 << 20):
+                h.update(block)
+        return h.hexdigest() == f.gunzipped_md5
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return False
+
+
+def fetch(folder: str, files: Sequence[RemoteFile], root: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Path of every file in `files`, found or downloaded (see the module docstring)."""
+    found: dict[str, Path] = {}
+    missing: list[RemoteFile] = []
+    for f in files:
+        for label, d in search_dirs(folder, root):
+            p = d / f.name
+            if not p.is_file():
+                continue
+            if verify(p, f):
+                found[f.name] = p
+                break
+            _say(f"{p} ({label}): {f.algo} checksum does not match {f.digest}; file refused")
+        else:
+            missing.append(f)
+    failures: dict[str, list[str]] = {}
+    offline = os.environ.get("DLEXP_OFFLINE", "") not in ("", "0")
+    for f in missing:
+        if offline:
+            failures[f.name] = [f"{u} (not tried: DLEXP_OFFLINE is set)" for u in mirror_urls(folder, f.name)]
+            continue
+        path, errors = download(f, mirror_urls(folder, f.name), cache_dir(folder))
+        if path is not None:
+            found[f.name] = path
+        else:
+            failures[f.name] = errors
+    if failures:
+        raise DataNotFoundError(_not_found_message(folder, [f for f in missing if f.name in failures], failures, root))
+    return found
+
+
+def _not_found_message(folder: str, files: list[RemoteFile], failures: dict[str, list[str]], root) -> str:
+    lines = [f"data set files for {folder!r} not found locally and could not be downloaded:"]
+    for f in files:
+        lines.append(f"  {f.name}  ({f.size} bytes, {f.algo} {f.digest})")
+        for e in failures[f.name] or ["no mirror configured"]:
+            lines.append(f"      tried {e}")
+    lines.append("Looked in (in this order):")
+    for label, d in search_dirs(folder, root):
+        lines.append(f"  {label}: {d}")
+    lines.append(
+        f"Download the files by hand and put them in {cache_dir(folder)}, or in a folder named by "
+        f"dataset.root=<folder>, or in $DLEXP_DATA/{folder}."
+    )
+    return "\n".join(lines)
+
+
+def download(f: RemoteFile, urls: Sequence[str], dest_dir: Path) -> tuple[Path | None, list[str]]:
+    """Download `f` from the first mirror that delivers the published bytes.
+
+    Returns (path, []) or (None, one error line per URL tried).
+    """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / f.name
+    part = dest_dir / (f.name + ".part")
+    errors: list[str] = []
+    for url in urls:
+        error = None
+        for _ in range(ATTEMPTS_PER_MIRROR):
+            try:
+                _transfer(url, part, f.size)
+            except urllib.error.HTTPError as e:
+                error = f"{url}: HTTP {e.code} {e.reason}"
+                break  # the mirror answered: retrying will not help
+            except (OSError, http.client.HTTPException) as e:  # timeout, refused, reset, short read
+                error = f"{url}: {type(e).__name__}: {e}"
+                continue  # resume from what `part` holds
+            have = part.stat().st_size if part.exists() else 0
+            if have < f.size:
+                error = f"{url}: transfer ended after {have} of {f.size} bytes"
+                continue
+            if verify(part, f):
+                os.replace(part, dest)
+                return dest, errors
+            error = f"{url}: {f.algo} checksum does not match {f.digest}"
+            part.unlink(missing_ok=True)  # do not resume onto bad bytes
+            break
+        errors.append(error or f"{url}: failed")
+        _say(f"download failed: {errors[-1]}")
+    return None, errors
+
+
+def _transfer(url: str, part: Path, size: int) -> None:
+    """Append the rest of `url` to `part` (Range request), or start it over if the server ignores Range."""
+    have = part.stat().st_size if part.exists() else 0
+    if have >= size:  # longer than the published file: nothing in it can be trusted
+        part.unlink()
+        have = 0
+    headers = {"User-Agent": "dlexp"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    req = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+        resumed = have > 0 and resp.status == 206 and resp.headers.get("Content-Range", "").startswith(f"bytes {have}-")
+        if not resumed:
+            have = 0
+        with open(part, "ab" if resumed else "wb") as out, _progress(part.name[: -len(".part")], size, have) as advance:
+            while block := resp.read(1 << 16):
+                out.write(block)
+                advance(len(block))
+
+
+class _progress:
+    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, name: str, total: int, done: int):
+        self.args = (name, total, done)
+        self.bar = None
+
+    def __enter__(self):
+        name, total, done = self.args
+        if not sys.stderr.isatty():
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self.bar.start()
+        task = self.bar.add_task(f"downloading {name}", total=total, completed=done)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False

@@ -1,0 +1,146 @@
+"""d2l's tabular preprocessing (d2l 5.7 / 4.10), fitted on the training rows only, and the `csv` data set.
+
+d2l standardizes the numeric columns, fills their NaN with 0 (the mean after standardizing) and
+one-hot encodes the other columns with `pd.get_dummies(dummy_na=True)`, all on train + test rows
+together. Here every statistic (means, standard deviations, the set of categories) is fitted on the
+training rows that `make_splits` passes to `TabularFeatures.fit`, then applied unchanged to the
+validation and test rows: a category never seen in training is encoded as all zeros.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dlexp.data import CLASSIFICATION, REGRESSION, Source, register
+from dlexp.errors import ConfigError
+
+
+class TabularFeatures:
+    """Fitted preprocessing: call it on a DataFrame with the training columns, get float32 (n, d)."""
+
+    def __init__(self, numeric: list[str], mean: pd.Series, std: pd.Series, categories: dict[str, list]):
+        self.numeric = numeric
+        self.mean = mean  # per numeric column, over the training rows
+        self.std = std  # pandas' std (ddof=1), as d2l; 1 where a column is constant
+        self.categories = categories  # categorical column -> sorted categories seen in training
+        # numeric columns first, then each categorical column's dummies and its NaN dummy, as get_dummies
+        self.columns = list(numeric) + [
+            f"{c}_{v}" for c, cats in categories.items() for v in [*cats, "nan"]
+        ]
+
+    @classmethod
+    def fit(cls, df: pd.DataFrame) -> "TabularFeatures":
+        numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
+        values = df[numeric].astype("float64")
+        mean = values.mean().fillna(0.0)
+        std = values.std()
+        std = std.where((std > 0) & std.notna(), 1.0)
+        categories = {}
+        for c in df.columns:
+            if c in numeric:
+                continue
+            seen = pd.unique(df[c].dropna())
+            try:
+                categories[c] = sorted(seen)
+            except TypeError:  # mixed types in one column
+                categories[c] = sorted(seen, key=str)
+        return cls(numeric, mean, std, categories)
+
+    def __call__(self, df: pd.DataFrame) -> torch.Tensor:
+        missing = [c for c in [*self.numeric, *self.categories] if c not in df.columns]
+        if missing:
+            raise ConfigError(f"dataset: rows lack the training columns {missing}")
+        n = len(df)
+        num = df[self.numeric].apply(pd.to_numeric, errors="coerce").astype("float64")
+        num = ((num - self.mean) / self.std).fillna(0.0)
+        blocks = [num.to_numpy(dtype=np.float32)]
+        for c, cats in self.categories.items():
+            col = df[c]
+            codes = pd.Categorical(col, categories=cats).codes  # -1: NaN or never seen in training
+            onehot = np.zeros((n, len(cats) + 1), dtype=np.float32)
+            rows = np.nonzero(codes >= 0)[0]
+            onehot[rows, codes[rows]] = 1.0
+            onehot[col.isna().to_numpy(), len(cats)] = 1.0  # the dummy_na column
+            blocks.append(onehot)
+        return torch.from_numpy(np.concatenate(blocks, axis=1))
+
+
+def read_csv(path, key: str) -> pd.DataFrame:
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{key}: no such file: {p}")
+    try:
+        return pd.read_csv(p)
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{key}: cannot read {p} as CSV: {e}") from None
+
+
+def _class_indices(col: pd.Series, classes: list, key: str) -> torch.Tensor:
+    codes = pd.Categorical(col, categories=classes).codes
+    if (codes < 0).any():
+        bad = col[codes < 0].iloc[0]
+        raise ConfigError(f"{key}: target value {bad!r} is not one of the training classes {classes}")
+    return torch.from_numpy(codes.astype(np.int64))
+
+
+def _regression_target(col: pd.Series, key: str) -> torch.Tensor:
+    try:
+        v = pd.to_numeric(col, errors="raise").to_numpy(dtype=np.float32)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"dataset.task: regression needs a numeric target column ({key}: {e})") from None
+    return torch.from_numpy(v).reshape(-1, 1)
+
+
+@register("csv")
+def csv_dataset(cfg) -> Source:
+    """Any CSV file: `path`, `target` column, `task`; optional `test_path` and `drop` columns."""
+    if not cfg.get("path"):
+        raise ConfigError("dataset.path: set it to the CSV file to train on (dataset.path=/path/to/file.csv)")
+    task = cfg.get("task")
+    if task not in (CLASSIFICATION, REGRESSION):
+        raise ConfigError(f"dataset.task: must be {CLASSIFICATION} or {REGRESSION}, got {task!r}")
+    df = read_csv(cfg.path, "dataset.path")
+    target = cfg.get("target")
+    if target is None or target not in df.columns:
+        raise ConfigError(f"dataset.target: column {target!r} not in {cfg.path}; columns: {', '.join(map(str, df.columns))}")
+    drop = [str(c) for c in (cfg.get("drop") or [])]
+    unknown = [c for c in drop if c not in df.columns]
+    if unknown:
+        raise ConfigError(f"dataset.drop: columns {unknown} not in {cfg.path}")
+    if df[target].isna().any():
+        raise ConfigError(f"dataset.target: column {target!r} has {int(df[target].isna().sum())} missing values")
+    test = read_csv(cfg.test_path, "dataset.test_path") if cfg.get("test_path") else None
+
+    extra = {}
+    if task == CLASSIFICATION:
+        seen = pd.unique(df[target])
+        try:
+            classes = sorted(seen)
+        except TypeError:
+            classes = sorted(seen, key=str)
+        if len(classes) < 2:
+            raise ConfigError(f"dataset.task: classification needs >= 2 classes in {target!r}, found {classes}")
+        extra["classes"] = [c.item() if hasattr(c, "item") else c for c in classes]  # index -> name
+        y = _class_indices(df[target], classes, "dataset.target")
+        num_outputs = len(classes)
+    else:
+        y = _regression_target(df[target], "dataset.target")
+        num_outputs = 1
+
+    x_test = y_test = None
+    if test is not None:
+        x_test = test.drop(columns=[c for c in [target, *drop] if c in test.columns])
+        if target in test.columns and test[target].notna().all():
+            y_test = (
+                _class_indices(test[target], classes, "dataset.test_path")
+                if task == CLASSIFICATION
+                else _regression_target(test[target], "dataset.test_path")
+            )
+    return Source(
+        name="csv", task=task, x=df.drop(columns=[target, *drop]), y=y, x_test=x_test, y_test=y_test,
+        num_outputs=num_outputs, featurizer=TabularFeatures.fit, extra=extra,
+    )
