@@ -1,0 +1,196 @@
+"""RMSProp: the learning rate scaled by a leaky average of squared gradients (optionally centered,
+optionally with momentum).
+
+Reference: d2l.ai section 12.8 (RMSProp); Tieleman & Hinton, Lecture 6.5 of "Neural Networks for
+Machine Learning" (2012); Graves, "Generating Sequences With Recurrent Neural Networks" (2013) for
+the centered variant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dlexp.optim._common import (
+    as_float,
+    check_lr,
+    check_nonnegative,
+    increment_steps,
+    new_step,
+    params_with_grad,
+    reject_unimplemented,
+    split_by_device_and_dtype,
+    use_foreach,
+)
+
+__all__ = ["RMSprop", "rmsprop"]
+
+
+@torch.no_grad()
+def rmsprop(
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+) -> None:
+    r"""One RMSProp step for one tensor, in place on `param` and `state` (the readable ground truth).
+
+    In d2l's notation (12.8, gamma = `alpha`), with g_t the gradient (negated if `maximize`, plus
+    `weight_decay * x_{t-1}`):
+
+        s_t = alpha s_{t-1} + (1 - alpha) g_t^2                 (leaky average: `square_avg`)
+        centered: v_t = alpha v_{t-1} + (1 - alpha) g_t         (`grad_avg`),  s~_t = s_t - v_t^2
+        otherwise s~_t = s_t
+        d_t = g_t / (sqrt(s~_t) + eps)
+        momentum > 0:  b_t = momentum b_{t-1} + d_t  (`momentum_buffer`),  x_t = x_{t-1} - lr b_t
+        otherwise      x_t = x_{t-1} - lr d_t
+
+    d2l's from-scratch code uses sqrt(s_t + eps) with eps=1e-6; torch (and so this code) adds eps
+    after the root, eps=1e-8. State: `step`, `square_avg`, `grad_avg`, `momentum_buffer`.
+    """
+    grad = grad if not maximize else -grad
+    state["step"] += 1
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)  # L2 in the gradient, torch's meaning
+    square_avg = state["square_avg"]
+    square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)  # s_t
+    if centered:
+        grad_avg = state["grad_avg"]
+        grad_avg.lerp_(grad, 1 - alpha)  # v_t; lerp, as torch.optim
+        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()  # sqrt(s_t - v_t^2)
+    else:
+        avg = square_avg.sqrt()
+    avg = avg.add_(eps)  # sqrt before eps, as torch.optim (d2l puts eps inside)
+    if momentum > 0:
+        buf = state["momentum_buffer"]
+        buf.mul_(momentum).addcdiv_(grad, avg)
+        param.add_(buf, alpha=-lr)
+    else:
+        param.addcdiv_(grad, avg, value=-lr)
+
+
+@torch.no_grad()
+def _multi_tensor_rmsprop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+) -> None:
+    """`rmsprop` over a list of same-device, same-dtype tensors with `torch._foreach_*` ops (fast path)."""
+    square_avgs = [s["square_avg"] for s in states]
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    increment_steps([s["step"] for s in states])
+    if weight_decay != 0:
+        if maximize:  # grads is already our own copy: reuse it
+            torch._foreach_add_(grads, params, alpha=weight_decay)
+        else:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_mul_(square_avgs, alpha)
+    torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
+    if centered:
+        grad_avgs = [s["grad_avg"] for s in states]
+        torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
+        avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
+        torch._foreach_sqrt_(avg)
+    else:
+        avg = torch._foreach_sqrt(square_avgs)
+    torch._foreach_add_(avg, eps)
+    if momentum > 0:
+        bufs = [s["momentum_buffer"] for s in states]
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_addcdiv_(bufs, grads, avg)
+        torch._foreach_add_(params, bufs, alpha=-lr)
+    else:
+        torch._foreach_addcdiv_(params, grads, avg, value=-lr)
+
+
+class RMSprop(torch.optim.Optimizer):
+    """Hand-written `torch.optim.RMSprop`: same signature, defaults, state keys and results."""
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        check_lr(lr)
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        check_nonnegative("momentum", momentum)
+        check_nonnegative("weight_decay", weight_decay)
+        check_nonnegative("alpha", alpha)
+        reject_unimplemented("RMSprop", capturable=capturable, differentiable=differentiable)
+        defaults = dict(
+            lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
+            weight_decay=weight_decay, capturable=capturable, foreach=foreach, maximize=maximize,
+            differentiable=differentiable,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("momentum", 0)
+            group.setdefault("centered", False)
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("capturable", False)
+
+    @staticmethod
+    def _init_state(p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        state["step"] = new_step()
+        state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["centered"]:
+            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, states = params_with_grad(self, group, self._init_state)
+            if not params:
+                continue
+            hp = dict(
+                lr=as_float(group["lr"]), alpha=group["alpha"], eps=group["eps"],
+                weight_decay=group["weight_decay"], momentum=group["momentum"],
+                centered=group["centered"], maximize=group["maximize"],
+            )  # fmt: skip
+            if use_foreach(group):
+                for lists in split_by_device_and_dtype(params, grads, states):
+                    _multi_tensor_rmsprop(*lists, **hp)
+            else:
+                for p, g, s in zip(params, grads, states):
+                    rmsprop(p, g, s, **hp)
+        return loss

@@ -1,0 +1,172 @@
+"""Minibatch SGD with optional momentum, dampening, Nesterov momentum and L2 weight decay.
+
+Reference: d2l.ai sections 12.4 (Stochastic Gradient Descent) and 12.6 (Momentum);
+Sutskever et al., "On the importance of initialization and momentum in deep learning" (2013).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dlexp.optim._common import (
+    as_float,
+    check_lr,
+    check_nonnegative,
+    params_with_grad,
+    reject_unimplemented,
+    split_by_device_and_dtype,
+    use_foreach,
+)
+
+__all__ = ["SGD", "sgd"]
+
+
+@torch.no_grad()
+def sgd(
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+) -> None:
+    r"""One SGD step for one tensor, in place on `param` and `state` (the readable ground truth).
+
+    With g_t the minibatch gradient (negated if `maximize`) plus `weight_decay * x_{t-1}`:
+
+        v_1 = g_1,   v_t = momentum * v_{t-1} + (1 - dampening) * g_t       (momentum > 0)
+        d_t = g_t + momentum * v_t  (nesterov)  |  v_t  (momentum > 0)  |  g_t  (momentum = 0)
+        x_t = x_{t-1} - lr * d_t
+
+    d2l 12.6 writes the leaky average as v_t = beta v_{t-1} + g_t (no dampening, v_0 = 0), which is
+    this rule with dampening=0; torch (and so this code) starts the buffer at v_1 = g_1 exactly,
+    without the (1 - dampening) factor. State: `momentum_buffer` (v_t, shape of param).
+    """
+    grad = grad if not maximize else -grad
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)  # L2 in the gradient, torch's meaning
+    if momentum != 0:
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            # first step: the buffer *is* the gradient, no dampening applied (as torch.optim)
+            buf = state["momentum_buffer"] = grad.detach().clone()
+        else:
+            buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+        grad = grad.add(buf, alpha=momentum) if nesterov else buf
+    param.add_(grad, alpha=-lr)
+
+
+@torch.no_grad()
+def _multi_tensor_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+) -> None:
+    """`sgd` over a list of same-device, same-dtype tensors with `torch._foreach_*` ops (fast path)."""
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    if weight_decay != 0:
+        if maximize:  # grads is already our own copy: reuse it
+            torch._foreach_add_(grads, params, alpha=weight_decay)
+        else:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if momentum != 0:
+        bufs = [s.get("momentum_buffer") for s in states]
+        if any(b is None for b in bufs):
+            # first step for some tensors: same per-tensor code as the rule
+            for i, (b, s) in enumerate(zip(bufs, states)):
+                if b is None:
+                    bufs[i] = s["momentum_buffer"] = grads[i].detach().clone()
+                else:
+                    b.mul_(momentum).add_(grads[i], alpha=1 - dampening)
+        else:
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads, alpha=1 - dampening)
+        if nesterov:
+            if maximize or weight_decay != 0:  # grads is our own copy: update it in place
+                torch._foreach_add_(grads, bufs, alpha=momentum)
+            else:  # never write into p.grad (torch's foreach path does; its for-loop does not)
+                grads = torch._foreach_add(grads, bufs, alpha=momentum)
+        else:
+            grads = bufs
+    torch._foreach_add_(params, grads, alpha=-lr)
+
+
+class SGD(torch.optim.Optimizer):
+    """Hand-written `torch.optim.SGD`: same signature, defaults, state keys and results."""
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        check_lr(lr)
+        check_nonnegative("momentum", momentum)
+        check_nonnegative("weight_decay", weight_decay)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        reject_unimplemented("SGD", differentiable=differentiable, fused=fused)
+        defaults = dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+            nesterov=nesterov, maximize=maximize, foreach=foreach,
+            differentiable=differentiable, fused=fused,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", False)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, _ = params_with_grad(self, group, None)
+            if not params:
+                continue
+            # torch keeps no state at all for momentum=0; otherwise only `momentum_buffer`, lazily
+            states = [self.state[p] for p in params] if group["momentum"] != 0 else [{}] * len(params)
+            hp = dict(
+                lr=as_float(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
+                weight_decay=as_float(group["weight_decay"]), nesterov=group["nesterov"],
+                maximize=group["maximize"],
+            )  # fmt: skip
+            if use_foreach(group):
+                for lists in split_by_device_and_dtype(params, grads, states):
+                    _multi_tensor_sgd(*lists, **hp)
+            else:
+                for p, g, s in zip(params, grads, states):
+                    sgd(p, g, s, **hp)
+        return loss
