@@ -1,0 +1,3 @@
+from dlexp.cli import main
+
+main()

@@ -1,0 +1,44 @@
+"""What every command shares: stderr console, the one-line error convention, the progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print `error: message` on one line to stderr; return the Exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors(debug: bool) -> Iterator[None]:
+    """Turn ConfigError (and other bad-input errors) into one line and exit 2; --debug shows the traceback."""
+    from dlexp.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as e:
+        if debug:
+            raise
+        raise fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+def progress_bar(quiet: bool):
+    """A rich Progress on a terminal, None when output is redirected or --quiet."""
+    if quiet or not sys.stdout.isatty():
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=out, transient=False,
+    )

@@ -1,0 +1,33 @@
+"""`dlexp list`: the choices of each config group, read from the YAML files (no torch import)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from dlexp.cli.common import fail, out
+
+
+def list_choices(
+    group: Annotated[Optional[str], typer.Argument(help="One group: model, dataset, optimizer, schedule, trainer, experiment.")] = None,
+    config_dir: Annotated[Optional[str], typer.Option("--config-dir", help="Also list the choices in this config folder.")] = None,
+) -> None:
+    """Show the choices of each config group with a one-line description."""
+    from dlexp.config import GROUPS, choices, describe
+    from dlexp.errors import ConfigError
+
+    if group is not None and group not in GROUPS:
+        raise fail(f"group {group!r}: unknown; choose one of: {', '.join(GROUPS)}")
+    table = Table(title="config choices (use as GROUP=CHOICE)", show_lines=False)
+    table.add_column("group")
+    table.add_column("choice")
+    table.add_column("description")
+    try:
+        for g in [group] if group else GROUPS:
+            for name, path in choices(g, config_dir).items():
+                table.add_row(g, name, describe(path))
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    out.print(table)

@@ -1,0 +1,298 @@
+"""The one place that talks to Hydra: command-line overrides -> a composed, validated DictConfig.
+
+Hydra's compose API is used (not `@hydra.main`), so dlexp owns its CLI, its output folders and its
+error messages. Every bad input becomes a `ConfigError` whose message names the key and what is
+allowed; the CLI prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from dlexp.errors import ConfigError
+
+GROUPS = ("model", "dataset", "optimizer", "schedule", "trainer", "experiment")
+
+
+def conf_dir() -> Path:
+    """The shipped config folder: the repo's top-level `conf/` in a source checkout, else the copy
+    installed inside the package (`dlexp/conf`)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "conf", here / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise ConfigError(f"dlexp's config folder is missing (looked in {here.parent / 'conf'} and {here / 'conf'})")
+
+
+def search_dirs(config_dir: str | Path | None = None) -> list[Path]:
+    """Config folders in search order: the user's `--config-dir` first, then dlexp's own."""
+    dirs = []
+    if config_dir is not None:
+        user = Path(config_dir).expanduser().resolve()
+        if not user.is_dir():
+            raise ConfigError(f"--config-dir: {config_dir} is not a directory")
+        dirs.append(user)
+    dirs.append(conf_dir())
+    return dirs
+
+
+def describe(path: Path) -> str:
+    """A config file's one-line description: its first line, a `# ...` comment."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("# @package"):
+                continue
+            return line.lstrip("#").strip() if line.startswith("#") else ""
+    return ""
+
+
+def choices(group: str, config_dir: str | Path | None = None) -> dict[str, Path]:
+    """The choices of one config group: file stem -> file, the user's folder shadowing dlexp's."""
+    found: dict[str, Path] = {}
+    for d in reversed(search_dirs(config_dir)):
+        for f in sorted((d / group).glob("*.yaml")):
+            found[f.stem] = f
+    return dict(sorted(found.items()))
+
+
+def expand(overrides: Iterable[str], multirun: bool) -> list[list[str]]:
+    """Expand a sweep (`a=1,2 b=range(0,3)`) into one override list per run, with Hydra's own parser.
+
+    Without `multirun`, a sweep value is an error (as in Hydra) and exactly one run comes back.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    overrides = list(overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(_first_line(f"bad override: {e}")) from None
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if sweeps and not multirun:
+        raise ConfigError(f"{sweeps[0].get_key_element()}: a sweep ({sweeps[0].input_line}) needs -m/--multirun")
+    if any(o.is_hydra_override() for o in parsed):
+        raise ConfigError("hydra.*: Hydra's own settings cannot be overridden here; use dlexp's options")
+    try:
+        batches = BasicSweeper.split_arguments(parsed, None)
+    except HydraException as e:
+        raise ConfigError(_first_line(f"bad override: {e}")) from None
+    runs = [list(run) for batch in batches for run in batch]
+    if not runs:
+        raise ConfigError("the grid is empty: a sweep with no values")
+    return runs
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0]
+
+
+def _parsed(overrides: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def _check_choices(parsed, config_dir) -> None:
+    """Unknown group choices, caught before Hydra so the message lists what exists."""
+    for o in parsed:
+        key = o.get_key_element().lstrip("+~")
+        if key in GROUPS and not o.is_delete():
+            value = o.value()
+            if value is None and key == "experiment":
+                continue
+            available = choices(key, config_dir)
+            if not isinstance(value, str) or value not in available:
+                raise ConfigError(f"{key}={value}: unknown choice; choose one of: {', '.join(available)}")
+
+
+def _compose(overrides: list[str], config_dir) -> Any:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    dirs = search_dirs(config_dir)
+    extra = []
+    if config_dir is not None:
+        extra = [f"hydra.searchpath=[file://{dirs[0]}]"]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(dirs[-1]), version_base="1.3", job_name="dlexp"):
+            return compose("config", overrides=overrides + extra)
+    except HydraException as e:
+        message = str(e)
+        m = re.search(r"Could not override '([^']+)'", message)
+        if m:
+            raise ConfigError(f"{m.group(1)}: unknown key{_siblings(m.group(1), config_dir)}") from None
+        m = re.search(r"Could not (?:append|delete)[^']*'([^']+)'", message)
+        if m:
+            raise ConfigError(f"{m.group(1)}: {_first_line(message)}") from None
+        raise ConfigError(_first_line(message)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _siblings(key: str, config_dir) -> str:
+    """'; trainer has: a, b, c' for an unknown key, from the default config."""
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    try:
+        cfg = _compose([], config_dir)
+    except ConfigError:
+        return ""
+    from omegaconf import DictConfig, OmegaConf
+
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if isinstance(node, DictConfig):
+        return f"; {parent or 'the config'} has: {', '.join(str(k) for k in node.keys())}"
+    return ""
+
+
+def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None) -> Any:
+    """Compose `conf/config.yaml` with the overrides of ONE run and validate it."""
+    overrides = list(overrides)
+    from hydra.errors import HydraException
+
+    try:
+        parsed = _parsed(overrides)
+    except HydraException as e:
+        raise ConfigError(_first_line(f"bad override: {e}")) from None
+    for o in parsed:
+        if o.is_sweep_override():
+            raise ConfigError(f"{o.get_key_element()}: a sweep ({o.input_line}) needs -m/--multirun")
+    _check_choices(parsed, config_dir)
+    cfg = _compose(overrides, config_dir)
+    # The same composition with only the group choices: its value types are what the files declare.
+    choice_only = [o.input_line for o in parsed if o.get_key_element().lstrip("+~") in GROUPS]
+    reference = _compose(choice_only, config_dir)
+    _check_types(cfg, reference)
+    validate(cfg)
+    return cfg
+
+
+def _check_types(cfg, reference, prefix: str = "") -> None:
+    """An override must keep the type its file declares: trainer.epochs=abc is refused, not trained."""
+    from omegaconf import DictConfig, ListConfig
+
+    for key in reference.keys() if isinstance(reference, DictConfig) else []:
+        if key not in cfg:
+            continue
+        full = f"{prefix}{key}"
+        ref, val = reference[key], cfg[key]
+        if isinstance(ref, DictConfig):
+            if isinstance(val, DictConfig):
+                _check_types(val, ref, full + ".")
+            continue
+        if ref is None or val is None:
+            continue
+        if isinstance(ref, ListConfig):
+            continue  # lists are checked by their consumers (model.hidden, schedule.boundaries, ...)
+        if isinstance(ref, bool):
+            if not isinstance(val, bool):
+                raise ConfigError(f"{full}: expected true or false, got {val!r}")
+        elif isinstance(ref, (int, float)):
+            if isinstance(val, bool) or not isinstance(val, (int, float)):
+                kind = "an integer" if isinstance(ref, int) else "a number"
+                raise ConfigError(f"{full}: expected {kind}, got {val!r}")
+        elif isinstance(ref, str) and not isinstance(val, str):
+            raise ConfigError(f"{full}: expected a string, got {val!r}")
+
+
+def _number(cfg, key: str, *, integer: bool = False) -> float:
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+    return value
+
+
+def _one_of(cfg, key: str, allowed: Iterable[str]) -> None:
+    from omegaconf import OmegaConf
+
+    allowed = list(allowed)
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
+
+
+DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def validate(cfg) -> None:
+    """Range checks on the keys every run uses; each message names the key and the allowed values."""
+    if _number(cfg, "trainer.epochs", integer=True) < 1:
+        raise ConfigError(f"trainer.epochs: must be >= 1, got {cfg.trainer.epochs}")
+    if _number(cfg, "trainer.batch_size", integer=True) < 1:
+        raise ConfigError(f"trainer.batch_size: must be >= 1, got {cfg.trainer.batch_size}")
+    if _number(cfg, "trainer.eval_batch_size", integer=True) < 1:
+        raise ConfigError(f"trainer.eval_batch_size: must be >= 1, got {cfg.trainer.eval_batch_size}")
+    _number(cfg, "seed", integer=True)
+    if not isinstance(cfg.trainer.device, str) or not DEVICE.match(cfg.trainer.device):
+        raise ConfigError(f"trainer.device: expected auto, cpu, cuda or cuda:N, got {cfg.trainer.device!r}")
+    if not isinstance(cfg.trainer.deterministic, bool):
+        raise ConfigError(f"trainer.deterministic: expected true or false, got {cfg.trainer.deterministic!r}")
+    if _number(cfg, "optimizer.lr") <= 0:
+        raise ConfigError(f"optimizer.lr: must be > 0, got {cfg.optimizer.lr}")
+    if _number(cfg, "optimizer.weight_decay") < 0:
+        raise ConfigError(f"optimizer.weight_decay: must be >= 0, got {cfg.optimizer.weight_decay}")
+    _one_of(cfg, "optimizer.impl", ("dlexp", "torch"))
+    _one_of(cfg, "optimizer.weight_decay_mode", ("coupled", "decoupled", "loss"))
+    _one_of(cfg, "schedule.unit", ("epoch", "step"))
+    if cfg.model.name == "mlp":
+        _one_of(cfg, "model.activation", ("relu", "sigmoid", "tanh"))
+        _one_of(cfg, "model.dropout_impl", ("torch", "scratch"))
+        hidden = cfg.model.hidden
+        if not hasattr(hidden, "__len__") or isinstance(hidden, str) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden
+        ):
+            raise ConfigError(f"model.hidden: expected a list of positive integers, got {hidden!r}")
+        dropout = cfg.model.dropout
+        rates = list(dropout) if hasattr(dropout, "__len__") and not isinstance(dropout, str) else [dropout]
+        for r in rates:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
+                raise ConfigError(f"model.dropout: every rate must be a number in [0, 1), got {dropout!r}")
+        if len(rates) > 1 and len(rates) != len(hidden):
+            raise ConfigError(f"model.dropout: has {len(rates)} rates but model.hidden has {len(hidden)} layers")
+    if "activation" in cfg.model and cfg.model.name == "lenet":
+        _one_of(cfg, "model.activation", ("relu", "sigmoid", "tanh"))
+    if "init" in cfg.model:
+        _one_of(cfg, "model.init", ("default", "normal", "xavier"))
+    vf = cfg.dataset.get("val_fraction", 0.0)
+    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 <= vf < 1:
+        raise ConfigError(f"dataset.val_fraction: must be in [0, 1), got {vf!r}")
+    if not isinstance(cfg.results_dir, str) or not cfg.results_dir:
+        raise ConfigError(f"results_dir: expected a path, got {cfg.results_dir!r}")
+    if cfg.name is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", str(cfg.name)):
+        raise ConfigError(f"name: use 1-64 letters, digits, '.', '_' or '-', got {cfg.name!r}")
+
+
+def to_yaml(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def flatten(cfg, prefix: str = "") -> dict[str, Any]:
+    """{'optimizer.lr': 0.1, 'model.hidden': '[256]', ...}: one column per leaf, lists as strings."""
+    from omegaconf import OmegaConf
+
+    container = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    out: dict[str, Any] = {}
+    for k, v in container.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, list):
+            out[key] = str(v)
+        else:
+            out[key] = v
+    return out
+
+
+def product(*lists: list[str]) -> list[list[str]]:
+    return [list(p) for p in itertools.product(*lists)]

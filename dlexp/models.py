@@ -1,0 +1,136 @@
+"""Models of the d2l chapters: softmax regression, linear regression, MLP with per-layer dropout, LeNet.
+
+Input and output sizes come from the data (`Splits.sample_shape`, `Splits.num_outputs`);
+`build_model(model_cfg, sample_shape, num_outputs)` is the registry entry point.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from dlexp.errors import ConfigError
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+def dropout_layer(x: torch.Tensor, p: float) -> torch.Tensor:
+    """d2l 5.6's dropout from scratch: keep each unit with probability 1-p and scale it by 1/(1-p).
+
+    E[dropout_layer(x, p)] = x. p = 1 gives zeros (d2l's special case), p = 0 gives x.
+    """
+    if p == 1.0:
+        return torch.zeros_like(x)
+    if p == 0.0:
+        return x
+    mask = (torch.rand_like(x) > p).to(x.dtype)
+    return mask * x / (1.0 - p)
+
+
+class ScratchDropout(nn.Module):
+    """`dropout_layer` as a module: active in train mode, the identity in eval mode (like nn.Dropout)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout_layer(x, self.p) if self.training else x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+DROPOUTS: dict[str, Callable[[float], nn.Module]] = {"torch": nn.Dropout, "scratch": ScratchDropout}
+
+
+def _numel(shape: Sequence[int]) -> int:
+    return int(math.prod(shape))
+
+
+def softmax(sample_shape, num_outputs, cfg) -> nn.Module:
+    """Softmax regression (d2l 4.4): one linear layer; the softmax lives in the cross-entropy loss."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(_numel(sample_shape), num_outputs))
+
+
+def linear(sample_shape, num_outputs, cfg) -> nn.Module:
+    """Linear regression (d2l 3.5): one linear layer."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(_numel(sample_shape), num_outputs))
+
+
+def _per_layer(value, n: int, key: str) -> list[float]:
+    """A dropout rate per hidden layer: a list of n rates, or one rate for every layer."""
+    rates = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * n
+    if len(rates) != n:
+        raise ConfigError(f"{key}: has {len(rates)} rates but model.hidden has {n} layers")
+    for r in rates:
+        if not 0.0 <= r < 1.0:
+            raise ConfigError(f"{key}: every rate must be in [0, 1), got {r}")
+    return rates
+
+
+def mlp(sample_shape, num_outputs, cfg) -> nn.Module:
+    """Multilayer perceptron (d2l 5.1-5.2); dropout after each hidden activation (d2l 5.6)."""
+    hidden = [int(h) for h in cfg.hidden]
+    if any(h < 1 for h in hidden):
+        raise ConfigError(f"model.hidden: every layer needs at least 1 unit, got {hidden}")
+    rates = _per_layer(cfg.get("dropout", 0.0), len(hidden), "model.dropout")
+    act = ACTIVATIONS[cfg.get("activation", "relu")]
+    make_dropout = DROPOUTS[cfg.get("dropout_impl", "torch")]
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = _numel(sample_shape)
+    for h, p in zip(hidden, rates):
+        layers += [nn.Linear(width, h), act()]
+        if p > 0:
+            layers.append(make_dropout(p))
+        width = h
+    layers.append(nn.Linear(width, num_outputs))
+    return nn.Sequential(*layers)
+
+
+def lenet(sample_shape, num_outputs, cfg) -> nn.Module:
+    """LeNet-5 as in d2l 7.6: two conv + average-pool blocks, three dense layers, sigmoid by default."""
+    if tuple(sample_shape) != (1, 28, 28):
+        raise ConfigError(
+            f"model=lenet: needs 1x28x28 images (dataset=fashion_mnist or mnist), got samples of shape {tuple(sample_shape)}"
+        )
+    act = ACTIVATIONS[cfg.get("activation", "sigmoid")]
+    return nn.Sequential(
+        nn.Conv2d(1, 6, kernel_size=5, padding=2), act(), nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5), act(), nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120), act(),
+        nn.Linear(120, 84), act(),
+        nn.Linear(84, num_outputs),
+    )
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"softmax": softmax, "linear": linear, "mlp": mlp, "lenet": lenet}
+
+
+def init_weights(model: nn.Module, init: str, std: float) -> None:
+    """`default` keeps torch's init; `normal` is d2l's N(0, std^2) weights with zero biases; `xavier` is
+    Glorot-uniform weights with zero biases (d2l 5.4)."""
+    if init == "default":
+        return
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            if init == "normal":
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+            else:
+                nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def build_model(model_cfg, sample_shape: Sequence[int], num_outputs: int) -> nn.Module:
+    """The model named by `model_cfg.name`, sized for the data, initialised as configured."""
+    name = model_cfg.name
+    if name not in MODELS:
+        raise ConfigError(f"model.name: unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    model = MODELS[name](tuple(sample_shape), num_outputs, model_cfg)
+    init_weights(model, model_cfg.get("init", "default"), float(model_cfg.get("init_std", 0.01)))
+    return model

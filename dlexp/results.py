@@ -1,0 +1,167 @@
+"""Results on disk: one folder per run under `<results_dir>/runs/<run_id>/`, and loaders that read them.
+
+    config.yaml   the resolved config of the run
+    meta.json     versions, device, command line, seed, git commit
+    metrics.csv   tidy long table: run_id, epoch, step, split, metric, value, time_s
+    summary.json  status (ok | diverged | interrupted | failed), duration, final and best values
+    model.pt      the trained weights (state_dict), for predictions and submissions
+
+Every file is written atomically (a temporary file in the same folder, then os.replace), so a
+reader never sees half a file. Run ids come from os.mkdir, which fails if the folder exists, so two
+processes starting at the same moment never share one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+METRIC_COLUMNS = ["run_id", "epoch", "step", "split", "metric", "value", "time_s"]
+STATUSES = ("ok", "diverged", "interrupted", "failed")
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def new_run_dir(results_dir: str | Path, name: str | None = None) -> tuple[str, Path]:
+    """Create `<results_dir>/runs/<run_id>/` and return (run_id, path); the id is unique even across processes."""
+    runs = Path(results_dir) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    label = f"-{name}" if name else ""
+    for _ in range(100):
+        run_id = f"{stamp}{label}-{secrets.token_hex(3)}"
+        path = runs / run_id
+        try:
+            os.mkdir(path)  # atomic: exactly one process wins a given id
+        except FileExistsError:
+            continue
+        return run_id, path
+    raise RuntimeError(f"could not create a fresh run folder under {runs}")
+
+
+def check_writable(results_dir: str | Path) -> None:
+    """Fail before training if the results folder cannot be created or written."""
+    from dlexp.errors import ConfigError
+
+    path = Path(results_dir)
+    try:
+        (path / "runs").mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path / "runs", prefix=".probe.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ConfigError(f"results_dir: cannot write to {path}: {e.strerror or e}") from None
+
+
+def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
+    """Commit and dirty flag of the git repository around `cwd`, or {} outside one."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return {}
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def metrics_csv(records: Iterable[dict[str, Any]]) -> str:
+    """The tidy table as CSV text (columns in METRIC_COLUMNS order, then any extra columns)."""
+    import csv
+    import io
+
+    records = list(records)
+    extra = sorted({k for r in records for k in r} - set(METRIC_COLUMNS))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS + extra, lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _run_dirs(results_dir: str | Path) -> list[Path]:
+    runs = Path(results_dir) / "runs"
+    return sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+
+
+def load_runs(results_dir: str | Path = "results"):
+    """One row per run: run_id, flattened config columns (`optimizer.lr`, ...), summary fields, and
+    `final.<split>/<metric>` / `best.<split>/<metric>` columns. Runs whose files are missing or
+    unreadable are skipped with a warning on stderr.
+
+    >>> import dlexp.results as r; runs = r.load_runs("results")  # doctest: +SKIP
+    """
+    import pandas as pd
+    import yaml
+
+    from dlexp.config import flatten
+
+    rows = []
+    for d in _run_dirs(results_dir):
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            print(f"warning: skipping run {d.name}: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        row = {"run_id": d.name}
+        row.update(flatten(cfg))
+        for k, v in summary.items():
+            if isinstance(v, dict):
+                row.update({f"{k}.{m}": x for m, x in v.items()})
+            elif k != "run_id":
+                row[k] = v
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def load_metrics(results_dir: str | Path = "results"):
+    """The concatenated tidy metrics of every run: run_id, epoch, step, split, metric, value, time_s."""
+    import pandas as pd
+
+    frames = []
+    for d in _run_dirs(results_dir):
+        path = d / "metrics.csv"
+        if not path.is_file():
+            continue
+        try:
+            frames.append(pd.read_csv(path))
+        except (OSError, ValueError) as e:
+            print(f"warning: skipping metrics of run {d.name}: {e}", file=sys.stderr)
+    if not frames:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,118 @@
+"""One run end to end: config -> data -> train loop -> files under `<results_dir>/runs/<run_id>/`.
+
+`dlexp run`, `kfold` and `sweep` all come through `execute`; none of them re-implements the loop.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from dlexp import results
+from dlexp.config import to_yaml
+
+
+def meta(cfg, device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    import torch
+
+    import dlexp
+
+    info = {
+        "dlexp_version": dlexp.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "command": sys.argv,
+        "seed": int(cfg.seed),
+        "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    info.update(results.git_state())
+    info.update(extra or {})
+    return info
+
+
+def execute(
+    cfg,
+    splits,
+    *,
+    extra_meta: dict[str, Any] | None = None,
+    extra_columns: dict[str, Any] | None = None,
+    on_epoch: Callable[[int, list[dict[str, Any]]], None] | None = None,
+    progress: Any = None,
+) -> tuple[str | None, dict[str, Any]]:
+    """Train one config and write its run folder. Returns (run_id, summary).
+
+    Bad input (ConfigError) raises before any folder exists. An exception during training is
+    recorded as status `failed` with its reason, then re-raised; divergence and Ctrl-C are
+    statuses, not exceptions (Ctrl-C is re-raised after the files are written).
+    """
+    import torch
+
+    from dlexp.train import summarize, train
+
+    state: dict[str, Any] = {"run_id": None, "path": None, "started": time.perf_counter()}
+    extra_columns = extra_columns or {}
+
+    def on_start(device) -> str:
+        run_id, path = results.new_run_dir(cfg.results_dir, cfg.name)
+        state.update(run_id=run_id, path=path, started=time.perf_counter())
+        results.atomic_write(path / "config.yaml", to_yaml(cfg))
+        results.write_json(path / "meta.json", meta(cfg, device, extra_meta))
+        return run_id
+
+    def write_metrics(records) -> None:
+        rows = [{**r, **extra_columns} for r in records]
+        results.atomic_write(state["path"] / "metrics.csv", results.metrics_csv(rows))
+
+    def epoch_hook(epoch, records) -> None:
+        write_metrics(records)
+        if on_epoch is not None:
+            on_epoch(epoch, records)
+
+    def finish(status, reason, records, epochs, steps) -> dict[str, Any]:
+        summary = {
+            "run_id": state["run_id"],
+            "status": status,
+            "reason": reason,
+            "epochs_completed": epochs,
+            "steps": steps,
+            "duration_s": time.perf_counter() - state["started"],
+            **extra_columns,
+            **summarize(records),
+        }
+        write_metrics(records)
+        results.write_json(state["path"] / "summary.json", summary)
+        return summary
+
+    try:
+        res = train(cfg, splits, on_start=on_start, on_epoch=epoch_hook, progress=progress)
+    except BaseException as e:
+        if state["path"] is None:
+            raise  # nothing written yet: bad input, or a crash before the first epoch
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        records = []
+        metrics = state["path"] / "metrics.csv"
+        if metrics.exists():
+            import csv
+
+            with open(metrics, newline="") as f:
+                records = [{**r, "epoch": int(r["epoch"]), "value": float(r["value"])} for r in csv.DictReader(f)]
+        reason = f"{type(e).__name__}: {e}" if status == "failed" else "interrupted"
+        finish(status, reason, records, max((r["epoch"] for r in records), default=0), None)
+        if status == "failed":
+            (state["path"] / "error.txt").write_text(traceback.format_exc())
+        raise
+    summary = finish(res.status, res.reason, res.records, res.epochs_completed, res.steps)
+    torch.save(res.model.state_dict(), state["path"] / ".model.pt.tmp")
+    Path(state["path"] / ".model.pt.tmp").replace(state["path"] / "model.pt")
+    if res.status == "interrupted":
+        raise KeyboardInterrupt
+    return state["run_id"], summary
