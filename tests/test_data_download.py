@@ -83,7 +83,7 @@ class DataServer(http.server.ThreadingHTTPServer):
 @pytest.fixture
 def server():
     srv = DataServer(SHARED)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     t.start()
     yield srv
     srv.shutdown()

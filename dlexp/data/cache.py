@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -60,7 +61,7 @@ def cached_arrays(path: Path, build: Callable[[], dict[str, np.ndarray]]) -> dic
             return {k: npz[k] for k in npz.files}
     except FileNotFoundError:
         pass
-    except (OSError, ValueError, EOFError, KeyError):  # truncated or foreign file: rebuild it
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # truncated or foreign file: rebuild it
         path.unlink(missing_ok=True)
     arrays = build()
     try:
