@@ -60,7 +60,7 @@ class TabularFeatures:
         blocks = [num.to_numpy(dtype=np.float32)]
         for c, cats in self.categories.items():
             col = df[c]
-            codes = pd.Categorical(col, categories=cats).codes  # -1: NaN or never seen in training
+            codes = pd.Index(cats).get_indexer(col)  # -1: NaN or never seen in training
             onehot = np.zeros((n, len(cats) + 1), dtype=np.float32)
             rows = np.nonzero(codes >= 0)[0]
             onehot[rows, codes[rows]] = 1.0
@@ -80,7 +80,7 @@ def read_csv(path, key: str) -> pd.DataFrame:
 
 
 def _class_indices(col: pd.Series, classes: list, key: str) -> torch.Tensor:
-    codes = pd.Categorical(col, categories=classes).codes
+    codes = pd.Index(classes).get_indexer(col)  # -1: not a training class
     if (codes < 0).any():
         bad = col[codes < 0].iloc[0]
         raise ConfigError(f"{key}: target value {bad!r} is not one of the training classes {classes}")
