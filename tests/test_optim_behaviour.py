@@ -1,0 +1,139 @@
+"""Behaviour of the hand-written optimizers beyond parity: the loss goes down, params without a
+gradient are skipped, invalid arguments are refused with torch's message, the signature is torch's,
+and the `check-optimizers` command runs."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import replace
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from dlexp.cli.check_optimizers import check_optimizers as check_optimizers_command
+from dlexp.optim import OPTIMIZERS, SGD, Adadelta, Adagrad, Adam, AdamW, RMSprop
+from dlexp.optim.check import CASES, TOLERANCES, loss_and_backward, make_problem, max_diffs, train_pair
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_signature_is_torchs(name: str) -> None:
+    spec = OPTIMIZERS[name]
+    ours = inspect.signature(spec.cls).parameters
+    theirs = inspect.signature(spec.torch_cls).parameters
+    assert list(ours) == list(theirs)
+    for arg, p in theirs.items():
+        assert ours[arg].default == p.default, arg
+        assert ours[arg].kind == p.kind, arg
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_loss_goes_down(name: str) -> None:
+    case = next(c for c in CASES if c.optimizer == name)  # the plain row
+    net, x, y = make_problem(torch.float32)
+    opt = OPTIMIZERS[name].cls(net.parameters(), **case.kwargs)
+    first = loss_and_backward(net, x, y, False).item()
+    for _ in range(100):
+        opt.step()
+        last = loss_and_backward(net, x, y, False).item()
+    assert last < 0.7 * first, (first, last)
+
+
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per_tensor"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_param_without_grad_is_skipped(name: str, foreach: bool) -> None:
+    case = next(c for c in CASES if c.optimizer == name and len(c.kwargs) > 2)
+    net, x, y = make_problem(torch.float64)
+    frozen = net[2].bias
+    before = frozen.detach().clone()
+    opt = OPTIMIZERS[name].cls(net.parameters(), foreach=foreach, **case.kwargs)
+    state_before = {k: v.clone() for k, v in opt.state[frozen].items()}
+    for _ in range(3):
+        loss_and_backward(net, x, y, False)
+        frozen.grad = None
+        opt.step()
+    assert torch.equal(frozen, before)
+    if name == "adagrad":  # torch's Adagrad creates every state in __init__; it must stay untouched
+        assert state_before.keys() == {"step", "sum"}
+        assert all(torch.equal(opt.state[frozen][k], v) for k, v in state_before.items())
+    else:
+        assert len(opt.state.get(frozen, {})) == 0
+    assert all(len(opt.state[p]) > 0 for p in net[0].parameters())
+
+
+INVALID = [
+    (SGD, dict(lr=-1), "Invalid learning rate: -1"),
+    (SGD, dict(lr=0.1, momentum=-0.5), "Invalid momentum value: -0.5"),
+    (SGD, dict(lr=0.1, weight_decay=-1), "Invalid weight_decay value: -1"),
+    (SGD, dict(lr=0.1, nesterov=True), "Nesterov momentum requires a momentum and zero dampening"),
+    (SGD, dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), "Nesterov momentum requires"),
+    (Adagrad, dict(lr=-0.1), "Invalid learning rate: -0.1"),
+    (Adagrad, dict(lr_decay=-1), "Invalid lr_decay value: -1"),
+    (Adagrad, dict(initial_accumulator_value=-1), "Invalid initial_accumulator_value value: -1"),
+    (Adagrad, dict(eps=-1e-3), "Invalid epsilon value: -0.001"),
+    (RMSprop, dict(alpha=-0.1), "Invalid alpha value: -0.1"),
+    (RMSprop, dict(eps=-1.0), "Invalid epsilon value: -1.0"),
+    (RMSprop, dict(momentum=-1), "Invalid momentum value: -1"),
+    (Adadelta, dict(rho=1.5), "Invalid rho value: 1.5"),
+    (Adadelta, dict(weight_decay=-1), "Invalid weight_decay value: -1"),
+    (Adam, dict(betas=(1.0, 0.999)), "Invalid beta parameter at index 0: 1.0"),
+    (Adam, dict(betas=(0.9, -0.1)), "Invalid beta parameter at index 1: -0.1"),
+    (Adam, dict(eps=-1e-8), "Invalid epsilon value: -1e-08"),
+    (AdamW, dict(lr=-1e-3), "Invalid learning rate: -0.001"),
+    (AdamW, dict(weight_decay=-1e-2), "Invalid weight_decay value: -0.01"),
+]
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "message"), INVALID, ids=lambda v: getattr(v, "__name__", None))
+def test_invalid_arguments_raise_torchs_value_error(cls, kwargs, message) -> None:
+    params = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
+        cls(params, **kwargs)
+    torch_cls = getattr(torch.optim, cls.__name__)  # and torch says the same
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
+        torch_cls(params, **kwargs)
+
+
+def test_unimplemented_torch_flags_are_refused_not_ignored() -> None:
+    params = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(NotImplementedError, match="fused=True"):
+        Adam(params, fused=True)
+    with pytest.raises(NotImplementedError, match="capturable=True"):
+        RMSprop(params, capturable=True)
+
+
+def test_the_check_detects_a_mismatch() -> None:
+    """The comparison is not vacuous: a different eps for torch's side is caught in float64."""
+    case = next(c for c in CASES if c.optimizer == "adam")
+    spec = OPTIMIZERS["adam"]
+    nets_opts = train_pair(
+        replace(case), torch.float64, 50,
+        make_b=lambda groups, **kw: spec.torch_cls(groups, **{**kw, "eps": 1.0001e-8}),
+    )  # fmt: skip
+    assert max_diffs(*nets_opts)[1] > TOLERANCES[torch.float64]
+
+
+def test_check_optimizers_command_runs_and_lists_every_optimizer() -> None:
+    app = typer.Typer()
+    app.command()(check_optimizers_command)
+    result = CliRunner().invoke(app, ["--steps", "3"])
+    assert result.exit_code == 0, result.output
+    for name in OPTIMIZERS:
+        assert name in result.output
+
+
+def test_check_optimizers_command_refuses_bad_input() -> None:
+    app = typer.Typer()
+    app.command()(check_optimizers_command)
+    assert CliRunner().invoke(app, ["--steps", "0"]).exit_code == 2
+    if not torch.cuda.is_available():
+        assert CliRunner().invoke(app, ["--device", "cuda"]).exit_code == 2
