@@ -189,6 +189,7 @@ def test_offline_error_names_files_checksums_urls_and_folders(server, monkeypatc
         assert f"http://127.0.0.1:9/fashion-mnist/{f.name}" in msg
     assert str(tmp_path / "cache" / "dlexp" / "fashion-mnist") in msg
     assert str(tmp_path / "mine") in msg and "dataset.root" in msg and "DLEXP_DATA" in msg
+    assert "\n" not in msg  # the CLI prints one line
 
 
 def test_dlexp_offline_never_downloads(server, monkeypatch):

@@ -148,19 +148,17 @@ def fetch(folder: str, files: Sequence[RemoteFile], root: str | os.PathLike | No
 
 
 def _not_found_message(folder: str, files: list[RemoteFile], failures: dict[str, list[str]], root) -> str:
-    lines = [f"data set files for {folder!r} not found locally and could not be downloaded:"]
-    for f in files:
-        lines.append(f"  {f.name}  ({f.size} bytes, {f.algo} {f.digest})")
-        for e in failures[f.name] or ["no mirror configured"]:
-            lines.append(f"      tried {e}")
-    lines.append("Looked in (in this order):")
-    for label, d in search_dirs(folder, root):
-        lines.append(f"  {label}: {d}")
-    lines.append(
-        f"Download the files by hand and put them in {cache_dir(folder)}, or in a folder named by "
-        f"dataset.root=<folder>, or in $DLEXP_DATA/{folder}."
+    """One line (the CLI prints the first line of an error only): files, checksums, URLs, folders."""
+    missing = "; ".join(
+        f"{f.name} ({f.size} bytes, {f.algo} {f.digest}; tried: {', '.join(failures[f.name]) or 'no mirror'})"
+        for f in files
     )
-    return "\n".join(lines)
+    looked = ", ".join(f"{label} {d}" for label, d in search_dirs(folder, root))
+    return (
+        f"data set files for {folder!r} not found and not downloadable: {missing}. Looked in: {looked}. "
+        f"Download them by hand into {cache_dir(folder)} (or set dataset.root=<folder with the files>, "
+        f"or DLEXP_DATA=<folder holding {folder}/>)."
+    )
 
 
 def download(f: RemoteFile, urls: Sequence[str], dest_dir: Path) -> tuple[Path | None, list[str]]:
