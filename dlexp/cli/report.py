@@ -1,0 +1,169 @@
+"""`dlexp report`: group finished runs, compare them with statistics, write tables and plots."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dlexp.cli.common import err, fail, out
+
+FORMAT_SUFFIX = {"md": "md", "csv": "csv", "latex": "tex", "json": "json"}
+
+
+def report(
+    results_dir: Annotated[str, typer.Option("--results-dir", help="The folder holding runs/<run_id>/.")] = "results",
+    by: Annotated[Optional[str], typer.Option("--by", help="Config keys naming the groups, comma-separated: optimizer (= optimizer.name), optimizer.lr. Default: the keys that vary across runs (seed and fold excluded).")] = None,
+    metric: Annotated[Optional[str], typer.Option("--metric", help="SPLIT/METRIC to compare. Default: test/acc (classification) or test/rmse (regression), val/... without a test split.")] = None,
+    at: Annotated[str, typer.Option("--at", help="Value at the end of training (final) or the best over epochs (best).")] = "final",
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="KEY=VALUE naming the baseline group, e.g. optimizer=sgd: paired t-test per group over shared seeds, Holm-corrected (Wilcoxon too from 6 pairs).")] = None,
+    ci: Annotated[str, typer.Option("--ci", help="95% CI of group means: t (Student t) or bootstrap (seeded percentile bootstrap).")] = "t",
+    target: Annotated[Optional[str], typer.Option("--target", help="SPLIT/METRIC=VALUE, e.g. val/acc=0.85: epochs and seconds until first reached (a miss counts as infinite).")] = None,
+    plots: Annotated[Optional[str], typer.Option("--plots", help="Comma-separated: curves, lr, sensitivity, final, or all. PNG and SVG go to --out (default report/).")] = None,
+    out_dir: Annotated[Optional[str], typer.Option("--out", help="Folder for the table file and the plots (default for plots: report/).")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="Table format: md, csv, latex or json; to --out/report.<ext>, or stdout without --out.")] = None,
+    html: Annotated[Optional[str], typer.Option("--html", help="Write one self-contained HTML page (tables + every plot embedded) to this file.")] = None,
+    include_failed: Annotated[bool, typer.Option("--include-failed", help="Let diverged/interrupted/failed runs into the statistics (they are always counted).")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")] = False,
+) -> None:
+    """Compare groups of runs: mean, std and 95% CI per group, time to target, paired tests against a baseline, plots.
+
+    Examples: dlexp report; dlexp report --by optimizer --baseline optimizer=sgd;
+    dlexp report --by optimizer,optimizer.lr --plots curves,sensitivity --out report/
+    """
+    from dlexp import report as rp
+
+    try:
+        _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_dir, fmt, html, include_failed)
+    except rp.ReportError as e:
+        if debug:
+            raise
+        raise fail(str(e)) from None
+
+
+def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_dir, fmt, html, include_failed) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dlexp.results import load_metrics, load_runs
+
+    if at not in ("final", "best"):
+        raise rp.ReportError(f"--at: expected final or best, got {at!r}")
+    if ci not in ("t", "bootstrap"):
+        raise rp.ReportError(f"--ci: expected t or bootstrap, got {ci!r}")
+    if fmt is not None and fmt not in FORMAT_SUFFIX:
+        raise rp.ReportError(f"--format: expected md, csv, latex or json, got {fmt!r}")
+    kinds = rp.parse_plots(plots)
+    if html and not kinds:
+        kinds = list(rp.PLOT_KINDS)
+
+    root = Path(results_dir)
+    if not (root / "runs").is_dir():
+        raise rp.ReportError(f"no results in {root}: {root / 'runs'} does not exist (run `dlexp run` first, or pass --results-dir)")
+    runs = load_runs(root)  # warns on stderr about each unreadable run folder and skips it
+    if runs.empty:
+        raise rp.ReportError(f"no readable runs under {root / 'runs'}")
+    rp.check_comparable(runs)
+    keys = [rp.resolve_key(k.strip(), runs) for k in by.split(",") if k.strip()] if by else rp.varying_keys(runs)
+    metric = rp.resolve_metric(metric, runs, at)
+
+    notes = []
+    n_bad = int((runs["status"].fillna("unknown") != "ok").sum()) if "status" in runs else 0
+    if n_bad and not include_failed:
+        notes.append(f"{n_bad} run(s) not ok (diverged/interrupted/failed) are counted but left out of the statistics; --include-failed lets them in")
+    summary = rp.summarize_groups(runs, keys, metric, at=at, ci=ci, include_failed=include_failed)
+    need_metrics = target is not None or bool(kinds)
+    metrics = None
+    if need_metrics:
+        metrics = load_metrics(root)
+        metrics = metrics[metrics["run_id"].isin(runs["run_id"])]
+    tt = comparison = None
+    target_name = None
+    if target is not None:
+        target_name, target_value = rp.parse_target(target)
+        tt = rp.time_to_target(runs, metrics, keys, target_name, target_value, include_failed=include_failed)
+    if baseline is not None:
+        bkey, bvalue = rp.parse_baseline(baseline, runs, keys)
+        comparison, more = rp.compare_to_baseline(runs, keys, metric, bkey, bvalue, at=at, include_failed=include_failed)
+        notes += more
+    table = rp.report_table(summary, tt, comparison)
+    meta = {"metric": metric, "at": at, "ci": ci, "by": keys, "results_dir": str(root), "target": target,
+            "baseline": baseline, "notes": notes}
+
+    for n in notes:
+        err.print(f"note: {n}", markup=False)
+    if fmt is not None and out_dir is None:
+        sys.stdout.write(rp.format_table(table, fmt, meta))  # plain text for pipes: no rich table
+    else:
+        _print_tables(summary, tt, comparison, metric, at, target, baseline)
+    if out_dir is not None:
+        fmt = fmt or "md"
+        path = Path(out_dir) / f"report.{FORMAT_SUFFIX[fmt]}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rp.format_table(table, fmt, meta))
+        err.print(f"wrote {path}", markup=False)
+
+    images = []
+    if kinds:
+        plot_dir = Path(out_dir or "report")
+        figs, more = rp.make_plots(kinds, runs, metrics, keys, metric, summary, at=at, include_failed=include_failed)
+        for n in more:
+            err.print(f"note: {n}", markup=False)
+        for stem, fig in figs:
+            images.append((stem, rp.save_figure(fig, plot_dir, stem)))
+        if figs:
+            err.print(f"wrote {len(figs)} plots (PNG and SVG) to {plot_dir}/", markup=False)
+    if html:
+        page = rp.html_page(f"dlexp report: {metric} at {at}", table, notes, images)
+        Path(html).parent.mkdir(parents=True, exist_ok=True)
+        Path(html).write_text(page)
+        err.print(f"wrote {html}", markup=False)
+
+
+def _num(v, digits: int = 4) -> str:
+    import math
+
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return f"{v:.{digits}g}"
+
+
+def _p(v) -> str:
+    import math
+
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.3f}" if v >= 0.001 else f"{v:.1e}"
+
+
+def _print_tables(summary, tt, comparison, metric, at, target, baseline) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{metric} at {at} (mean, std, 95% CI over seeds)")
+    for c in ("group", "n", "failed", "mean", "std", "95% CI", "time (s)"):
+        t.add_column(c, justify="left" if c == "group" else "right")
+    if tt is not None:
+        t.add_column(f"hits {target}", justify="right")
+        t.add_column("epochs to target", justify="right")
+        t.add_column("s to target", justify="right")
+    tt_rows = {} if tt is None else {r["group"]: r for r in tt.to_dict(orient="records")}
+    for r in summary.to_dict(orient="records"):
+        row = [r["group"], str(r["n"]), (f"{r['failed']} ({r['failed_detail']})" if r["failed"] else "0"),
+               _num(r["mean"]), _num(r["std"]), f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", f"{r['time_s']:.1f}"]
+        if tt is not None:
+            x = tt_rows.get(r["group"])
+            row += ["-", "-", "-"] if x is None else [f"{x['target_hits']}/{x['target_n']}", _num(x["epochs_to_target"]), _num(x["s_to_target"], 3)]
+        t.add_row(*row)
+    out.print(t)
+    if comparison is not None and len(comparison):
+        c = Table(title=f"paired vs {baseline} ({metric}: group - baseline, paired by seed; p Holm-corrected)")
+        for name in ("group", "baseline", "pairs", "mean diff", "95% CI", "p (t-test)", "p (Wilcoxon)"):
+            c.add_column(name, justify="left" if name in ("group", "baseline") else "right")
+        for r in comparison.to_dict(orient="records"):
+            c.add_row(r["group"], r["baseline"], str(r["n_pairs"]), _num(r["diff"]),
+                      f"[{_num(r['diff_ci_low'])}, {_num(r['diff_ci_high'])}]", _p(r["p_t_holm"]), _p(r["p_wilcoxon_holm"]))
+        out.print(c)
