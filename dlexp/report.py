@@ -628,6 +628,8 @@ def plot_curves(runs, metrics, by: Sequence[str], panels: Sequence[str], x: str 
             ax.plot(xs, mean, color=c, label=g, lw=1.8, marker="o" if len(xs) <= 12 else None, ms=3)
             ax.fill_between(xs, lo, hi, color=c, alpha=0.18, lw=0)
         ax.set_xlabel("epoch" if x == "epoch" else "wall time (seconds)")
+        if x == "epoch":
+            _integer_ticks(ax.xaxis)
         ax.set_ylabel(metric_label(metric))
         if lower_is_better(metric) and _spans_decades(values):
             ax.set_yscale("log")
@@ -648,15 +650,19 @@ def plot_lr(runs, metrics, by: Sequence[str]):
     part = metrics[(metrics["split"] == "train") & (metrics["metric"] == "lr")]
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
     values = []
-    for g, c in zip(groups, _colors(len(groups))):
+    styles = ["-", "--", "-.", ":"]
+    for i, (g, c) in enumerate(zip(groups, _colors(len(groups)))):
         t = part[part["run_id"].isin(runs.loc[runs["group"] == g, "run_id"])]
         if t.empty:
             continue
         s = t.groupby("epoch")["value"].mean()
         values.extend(s)
-        ax.plot(s.index, s.to_numpy(), color=c, label=g, lw=1.8, marker="o" if len(s) <= 12 else None, ms=3,
-                drawstyle="steps-post")
+        # groups often share a schedule: thinner and dashed lines drawn later keep the earlier ones visible
+        lw = max(1.0, 3.2 - 0.5 * i)
+        ax.plot(s.index, s.to_numpy(), color=c, label=g, lw=lw, ls=styles[i % len(styles)],
+                marker="o" if len(s) <= 12 else None, ms=lw + 1.5, drawstyle="steps-post")
     ax.set_xlabel("epoch")
+    _integer_ticks(ax.xaxis)
     ax.set_ylabel("learning rate")
     if _spans_decades(values):
         ax.set_yscale("log")
@@ -731,6 +737,12 @@ def plot_final(summary, metric: str, *, at: str = "final"):
     ax.margins(y=0.5 / max(len(s), 1) + 0.05)
     fig.tight_layout()
     return fig
+
+
+def _integer_ticks(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _colors(n: int) -> list:

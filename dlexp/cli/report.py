@@ -70,6 +70,9 @@ def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_di
     metric = rp.resolve_metric(metric, runs, at)
 
     notes = []
+    pooled = [k for k in rp.varying_keys(runs) if k not in keys]
+    if pooled:
+        notes.append(f"groups pool runs that differ in {', '.join(pooled)} (not in --by)")
     n_bad = int((runs["status"].fillna("unknown") != "ok").sum()) if "status" in runs else 0
     if n_bad and not include_failed:
         notes.append(f"{n_bad} run(s) not ok (diverged/interrupted/failed) are counted but left out of the statistics; --include-failed lets them in")
