@@ -63,7 +63,13 @@ def linear(sample_shape, num_outputs, cfg) -> nn.Module:
 
 def _per_layer(value, n: int, key: str) -> list[float]:
     """A dropout rate per hidden layer: a list of n rates, or one rate for every layer."""
-    rates = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * n
+    # a config list arrives as an OmegaConf ListConfig, not a list: test for a scalar instead
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        rates = [float(value)] * n
+    elif isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"{key}: expected a rate or a list of rates, got {value!r}")
+    else:
+        rates = [float(v) for v in value]
     if len(rates) != n:
         raise ConfigError(f"{key}: has {len(rates)} rates but model.hidden has {n} layers")
     for r in rates:

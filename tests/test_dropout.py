@@ -24,14 +24,6 @@ from dlexp.models import ScratchDropout, build_model, dropout_layer
 
 Z = 5.0  # standard errors allowed, see the module docstring
 
-# Known bug in dlexp/models.py (owned by the lead): _per_layer tests isinstance(value, (list, tuple)),
-# but a list from a config is an OmegaConf ListConfig, so `model.dropout=[0.2, 0.5]` ends in
-# float(ListConfig) -> TypeError instead of building the model (or raising ConfigError). Strict xfail:
-# once models.py accepts any sequence these tests pass, the suite reports XPASS(strict), and this mark
-# should be deleted.
-LISTCONFIG_BUG = pytest.mark.xfail(
-    raises=TypeError, strict=True, reason="dlexp.models._per_layer does not accept OmegaConf ListConfig"
-)
 SAMPLE_SHAPE, NUM_OUTPUTS = (20,), 3
 
 
@@ -109,7 +101,6 @@ def test_scratch_dropout_is_the_identity_in_eval_mode():
     assert torch.equal(m.eval()(x), x)  # ... and the identity in eval mode
 
 
-@LISTCONFIG_BUG
 @pytest.mark.parametrize("impl", ["torch", "scratch"])
 def test_mlp_in_eval_mode_ignores_dropout(impl):
     torch.manual_seed(0)
@@ -125,7 +116,6 @@ def test_mlp_in_eval_mode_ignores_dropout(impl):
         assert not torch.equal(model(x), reference)  # and dropout is really there in train mode
 
 
-@LISTCONFIG_BUG
 @pytest.mark.parametrize("impl, cls", [("torch", nn.Dropout), ("scratch", ScratchDropout)])
 def test_mlp_puts_each_rate_after_its_hidden_layer_in_order(impl, cls):
     model = build_model(mlp_cfg(hidden=[32, 16], dropout=[0.2, 0.5], dropout_impl=impl), SAMPLE_SHAPE, NUM_OUTPUTS)
@@ -152,10 +142,10 @@ def test_mlp_one_rate_applies_to_every_hidden_layer_and_zero_adds_none():
         (1.0, "every rate must be in [0, 1)"),
         (-0.1, "every rate must be in [0, 1)"),
         (1.5, "every rate must be in [0, 1)"),
-        pytest.param([0.2, 1.0], "every rate must be in [0, 1)", marks=LISTCONFIG_BUG),
-        pytest.param([0.2, -0.1], "every rate must be in [0, 1)", marks=LISTCONFIG_BUG),
-        pytest.param([0.2], "has 1 rates but model.hidden has 2 layers", marks=LISTCONFIG_BUG),
-        pytest.param([0.2, 0.5, 0.1], "has 3 rates but model.hidden has 2 layers", marks=LISTCONFIG_BUG),
+        ([0.2, 1.0], "every rate must be in [0, 1)"),
+        ([0.2, -0.1], "every rate must be in [0, 1)"),
+        ([0.2], "has 1 rates but model.hidden has 2 layers"),
+        ([0.2, 0.5, 0.1], "has 3 rates but model.hidden has 2 layers"),
     ],
 )
 @pytest.mark.parametrize("impl", ["torch", "scratch"])
