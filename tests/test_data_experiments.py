@@ -19,8 +19,6 @@ D2L = {
     "d2l_dropout": ("mlp", [256, 256], [0.2, 0.5], "relu", 0.5),  # d2l 5.6
     "d2l_lenet": ("lenet", None, None, "sigmoid", 0.9),  # d2l 7.6
 }
-# models._per_layer turns a ListConfig of dropout rates into float(ListConfig): the lead's known bug
-DROPOUT_LIST_BUG = pytest.mark.xfail(raises=AssertionError, strict=False, reason="models._per_layer rejects a ListConfig")
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +47,7 @@ def test_experiment_composes_to_d2l_settings(experiment):
 
 @pytest.mark.parametrize(
     "experiment",
-    [pytest.param(e, marks=DROPOUT_LIST_BUG) if e == "d2l_dropout" else e for e in sorted(D2L)],
+    sorted(D2L),
 )
 def test_experiment_runs_a_few_steps_on_the_real_files(experiment, cli, tmp_path):
     # 1024 training images at batch 256: 4 SGD steps, then the test pass on 256 images
