@@ -142,7 +142,7 @@ def max_diffs(net_a, opt_a, net_b, opt_b) -> tuple[float, float]:
     """(max absolute, max relative) difference over every parameter and every state tensor.
 
     Relative is per tensor: max|a - b| / max|b| (guarded against 0), so near-zero entries do not
-    blow it up. Different state keys count as an infinite difference.
+    blow it up. Different state keys, dtypes or shapes count as an infinite difference.
     """
     pairs = list(zip(net_a.parameters(), net_b.parameters(), strict=True))
     for p_a, p_b in pairs:
@@ -152,6 +152,8 @@ def max_diffs(net_a, opt_a, net_b, opt_b) -> tuple[float, float]:
         pairs += [(s_a[k], s_b[k]) for k in s_a]
     max_abs = max_rel = 0.0
     for a, b in pairs:
+        if a.dtype != b.dtype or a.shape != b.shape:  # e.g. a float64 `step` where torch keeps float32
+            return float("inf"), float("inf")
         a, b = a.detach().double().cpu(), b.detach().double().cpu()
         diff = (a - b).abs().max().item()
         scale = b.abs().max().item()
