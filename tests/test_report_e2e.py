@@ -1,0 +1,30 @@
+"""dlexp report end to end: train a 2x2 grid of tiny runs on digits, then report on them."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+
+from test_report import invoke  # tests/ is on sys.path (pytest's default rootdir-relative import)
+
+
+def test_report_on_real_runs(cli, results_dir, tmp_path):
+    r = cli("run", "-m", "optimizer=sgd,adam", "seed=0,1", "trainer.epochs=2", "trainer.batch_size=512",
+            "trainer.device=cpu", f"results_dir={results_dir}", "-q")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "report"
+    r = invoke("--results-dir", str(results_dir), "--baseline", "optimizer=sgd", "--target", "val/acc=0.5",
+               "--format", "json", "--out", str(out), "--plots", "curves,lr,final", "--html", str(out / "index.html"))
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "report.json").read_text())
+    # sgd and adam come with different default lrs, so the lr varies too and names the groups
+    assert data["by"] == ["optimizer.name", "optimizer.lr"] and data["metric"] == "test/acc"
+    groups = {g["optimizer.name"]: g for g in data["groups"]}
+    assert set(groups) == {"adam", "sgd"}
+    assert all(g["n"] == 2 and 0 <= g["mean"] <= 1 for g in groups.values())
+    assert groups["adam"]["n_pairs"] == 2
+    assert len(list(out.glob("*.png"))) == 4 and "data:image/png;base64," in (out / "index.html").read_text()
+    r = invoke("--results-dir", str(results_dir), "--format", "csv")
+    assert pd.read_csv(io.StringIO(r.stdout))["optimizer.name"].tolist() == ["adam", "sgd"]
