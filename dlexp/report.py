@@ -607,6 +607,7 @@ def plot_curves(runs, metrics, by: Sequence[str], panels: Sequence[str], x: str 
     which each epoch ended).
     """
     import matplotlib.pyplot as plt
+    import numpy as np
 
     runs = assign_groups(runs, by)
     groups = _group_order(runs, by)
@@ -623,6 +624,8 @@ def plot_curves(runs, metrics, by: Sequence[str], panels: Sequence[str], x: str 
             if t.empty:
                 continue
             xs, mean, lo, hi, n = _curve_stats(t, x)
+            if lower_is_better(metric):  # a wide band of a loss may dip below 0, which a log axis cannot show
+                lo = np.maximum(lo, np.nanmin(mean) * 1e-3)
             n_max = max(n_max, n)
             values.extend(mean)
             ax.plot(xs, mean, color=c, label=g, lw=1.8, marker="o" if len(xs) <= 12 else None, ms=3)

@@ -156,7 +156,7 @@ def _print_tables(summary, tt, comparison, metric, at, target, baseline) -> None
     tt_rows = {} if tt is None else {r["group"]: r for r in tt.to_dict(orient="records")}
     for r in summary.to_dict(orient="records"):
         row = [r["group"], str(r["n"]), (f"{r['failed']} ({r['failed_detail']})" if r["failed"] else "0"),
-               _num(r["mean"]), _num(r["std"]), f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", f"{r['time_s']:.1f}"]
+               _num(r["mean"]), _num(r["std"]), f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", _num(r["time_s"], 3)]
         if tt is not None:
             x = tt_rows.get(r["group"])
             row += ["-", "-", "-"] if x is None else [f"{x['target_hits']}/{x['target_n']}", _num(x["epochs_to_target"]), _num(x["s_to_target"], 3)]
