@@ -46,6 +46,7 @@ def execute(
     extra_meta: dict[str, Any] | None = None,
     extra_columns: dict[str, Any] | None = None,
     on_epoch: Callable[[int, list[dict[str, Any]]], None] | None = None,
+    on_finish: Callable[[Any], None] | None = None,
     progress: Any = None,
 ) -> tuple[str | None, dict[str, Any]]:
     """Train one config and write its run folder. Returns (run_id, summary).
@@ -53,6 +54,7 @@ def execute(
     Bad input (ConfigError) raises before any folder exists. An exception during training is
     recorded as status `failed` with its reason, then re-raised; divergence and Ctrl-C are
     statuses, not exceptions (Ctrl-C is re-raised after the files are written).
+    `on_finish(result)` receives the loop's Result (with the trained model) once the files are written.
     """
     import torch
 
@@ -113,6 +115,8 @@ def execute(
     summary = finish(res.status, res.reason, res.records, res.epochs_completed, res.steps)
     torch.save(res.model.state_dict(), state["path"] / ".model.pt.tmp")
     Path(state["path"] / ".model.pt.tmp").replace(state["path"] / "model.pt")
+    if on_finish is not None:
+        on_finish(res)
     if res.status == "interrupted":
         raise KeyboardInterrupt
     return state["run_id"], summary

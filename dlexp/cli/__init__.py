@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import typer
 
+from dlexp.cli.check_optimizers import check_optimizers
+from dlexp.cli.kfold import kfold
 from dlexp.cli.list import list_choices
 from dlexp.cli.run import run
 
@@ -20,12 +22,8 @@ app = typer.Typer(
 )
 app.command("run", context_settings={"allow_interspersed_args": True})(run)
 app.command("list")(list_choices)
-try:  # TEMP until the optimizer work lands
-    from dlexp.cli.check_optimizers import check_optimizers
-
-    app.command("check-optimizers")(check_optimizers)
-except ImportError:
-    pass
+app.command("kfold", context_settings={"allow_interspersed_args": True})(kfold)
+app.command("check-optimizers")(check_optimizers)
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+# rich falls back to 80 columns when output is piped; tables of long config labels need more
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -1,0 +1,218 @@
+"""K-fold cross-validation for model selection (d2l 5.7), done rigorously.
+
+- Folds come from scikit-learn's splitters (KFold / StratifiedKFold and their repeated forms),
+  seeded; every sample is validated exactly once per repeat (d2l's version drops the remainder).
+- The preprocessing (standardization, imputation, one-hot categories) is fitted on the training
+  folds only, inside each fold (`make_splits` does that).
+- Every candidate sees exactly the same folds, so candidates are compared fold by fold (paired).
+- Each fold is an ordinary run (`runner.execute`) carrying `study`, `candidate`, `repeat`, `fold`.
+  The test set is not evaluated in fold runs: only `--refit` looks at it, once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from dlexp.data import CLASSIFICATION, Source, make_splits
+from dlexp.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Fold:
+    repeat: int
+    index: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+
+@dataclass
+class CVResult:
+    scores: list[float]  # the validation metric per fold (nan for a diverged or failed fold)
+    train_scores: list[float]
+    run_ids: list[str | None]
+    statuses: list[str]
+    durations: list[float]
+    duration_s: float = 0.0
+    folds: list[Fold] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores)) if self.scores else float("nan")
+
+
+def task_metrics(task: str, positive_target: bool) -> tuple[str, ...]:
+    if task == CLASSIFICATION:
+        return ("acc", "loss")
+    return ("log_rmse", "rmse", "loss") if positive_target else ("rmse", "loss")
+
+
+def default_metric(data: Any) -> tuple[str, str]:
+    """('val/acc', 'maximize') for classification; ('val/log_rmse' or 'val/rmse', 'minimize') for regression."""
+    m = task_metrics(data.task, data.positive_target)[0]
+    return f"val/{m}", direction_of(m)
+
+
+def direction_of(metric: str) -> str:
+    return "maximize" if metric.split("/")[-1] == "acc" else "minimize"
+
+
+def check_metric(metric: str, data: Any) -> str:
+    """'acc' or 'val/acc' -> 'val/acc'; a metric the task does not have is a ConfigError listing those it has."""
+    name = metric.split("/", 1)[1] if metric.startswith("val/") else metric
+    allowed = task_metrics(data.task, data.positive_target)
+    if "/" in name or name not in allowed:
+        raise ConfigError(
+            f"--metric: {metric!r} does not exist for {data.task} on {data.name}; choose one of: "
+            + ", ".join(f"val/{m}" for m in allowed)
+        )
+    return f"val/{name}"
+
+
+def make_folds(source: Source, k: int, *, repeats: int = 1, seed: int = 0, stratify: bool | None = None) -> list[Fold]:
+    """The K (x repeats) train/validation splits of `source`'s pool; stratified for classification by default."""
+    n = len(source)
+    if k < 2:
+        raise ConfigError(f"--folds: must be at least 2, got {k}")
+    if repeats < 1:
+        raise ConfigError(f"--repeats: must be at least 1, got {repeats}")
+    if k > n:
+        raise ConfigError(f"--folds: {k} folds need at least {k} samples; {source.name} has {n}")
+    if stratify is None:
+        stratify = source.task == CLASSIFICATION
+    if stratify and source.task != CLASSIFICATION:
+        raise ConfigError(f"--stratify: only for classification; {source.name} is a {source.task} data set")
+    from sklearn.model_selection import KFold, RepeatedKFold, RepeatedStratifiedKFold, StratifiedKFold
+
+    y = source.y.numpy()
+    if stratify:
+        classes, counts = np.unique(y, return_counts=True)
+        if counts.min() < k:
+            c = classes[counts.argmin()]
+            raise ConfigError(
+                f"--folds: {k} stratified folds need at least {k} samples of every class; class {c} has {counts.min()} (use fewer folds or --no-stratify)"
+            )
+        splitter = (
+            RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
+            if repeats > 1 else StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        )
+    else:
+        splitter = (
+            RepeatedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
+            if repeats > 1 else KFold(n_splits=k, shuffle=True, random_state=seed)
+        )
+    folds = []
+    for i, (tr, va) in enumerate(splitter.split(np.zeros(n), y if stratify else None)):
+        folds.append(Fold(repeat=i // k, index=i % k, train_idx=np.sort(tr), val_idx=np.sort(va)))
+    return folds
+
+
+def fold_splits(source: Source, fold: Fold):
+    """Train on the other folds, validate on this one; preprocessing fitted on the training folds.
+    The test split is left out: model selection must not see it."""
+    splits = make_splits(source, fold.train_idx, fold.val_idx)
+    splits.test = None
+    return splits
+
+
+def score_of(summary: dict[str, Any], metric: str, at: str = "final") -> float:
+    value = summary.get(at, {}).get(metric)
+    if value is None or summary.get("status") not in ("ok",):
+        return float("nan")
+    return float(value)
+
+
+def run_fold(cfg, source: Source, fold: Fold, *, metric: str, at: str = "final", extra_columns=None, extra_meta=None, on_epoch=None):
+    """One fold as an ordinary run. Returns (run_id, status, val score, train score, seconds)."""
+    import time
+
+    from dlexp.runner import execute
+
+    cols = {**(extra_columns or {}), "repeat": fold.repeat, "fold": fold.index}
+    t0 = time.perf_counter()
+    run_id, summary = execute(cfg, fold_splits(source, fold), extra_columns=cols, extra_meta=extra_meta, on_epoch=on_epoch)
+    train_metric = "train/" + metric.split("/", 1)[1]
+    return run_id, summary["status"], score_of(summary, metric, at), score_of(summary, train_metric, "final"), time.perf_counter() - t0
+
+
+def cross_validate(
+    cfg,
+    source: Source,
+    folds: list[Fold],
+    *,
+    metric: str,
+    at: str = "final",
+    extra_columns: dict[str, Any] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+    on_fold: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[int, list[dict[str, Any]]], None] | None = None,
+) -> CVResult:
+    """Train `cfg` on every fold in turn (in this process). `on_fold(i, score)` runs after fold i and
+    may raise (e.g. optuna.TrialPruned) to stop early."""
+    import time
+
+    from dlexp.runner import execute
+
+    start = time.perf_counter()
+    res = CVResult([], [], [], [], [], folds=list(folds))
+    for i, fold in enumerate(folds):
+        run_id, status, score, train_score, seconds = run_fold(
+            cfg, source, fold, metric=metric, at=at, extra_columns=extra_columns, extra_meta=extra_meta, on_epoch=on_epoch
+        )
+        res.run_ids.append(run_id)
+        res.statuses.append(status)
+        res.scores.append(score)
+        res.train_scores.append(train_score)
+        res.durations.append(seconds)
+        if on_fold is not None:
+            on_fold(i, score)
+    res.duration_s = time.perf_counter() - start
+    return res
+
+
+# ---- statistics over folds ---------------------------------------------------------------------
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, sample std, low, high) of a t-interval; nan bounds for fewer than 2 values."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean()) if len(x) else float("nan")
+    if len(x) < 2:
+        return mean, float("nan"), float("nan"), float("nan")
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * sd / math.sqrt(len(x))
+    return mean, sd, mean - half, mean + half
+
+
+def corrected_paired_test(a: list[float], b: list[float], n_train: int, n_val: int, direction: str) -> dict[str, float]:
+    """Is candidate `a` better than `b` over the same folds? Nadeau & Bengio's corrected resampled t-test.
+
+    Fold scores share training data, so the plain paired t-test is overconfident; the corrected
+    variance is (1/J + n_val/n_train) * s^2 over the J fold differences (Nadeau & Bengio 2003,
+    "Inference for the Generalization Error"; Bouckaert & Frank 2004). Returns the mean difference
+    (a - b, oriented so that positive means `a` is better), its 95% interval, the one-sided p-value
+    for "a is not better", and the share of folds `a` wins.
+    """
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if direction == "minimize":
+        d = -d
+    J = len(d)
+    mean = float(d.mean())
+    out = {"diff": mean, "wins": float((d > 0).mean()), "folds": J}
+    if J < 2:
+        return {**out, "low": float("nan"), "high": float("nan"), "p": float("nan")}
+    var = float(d.var(ddof=1))
+    se = math.sqrt((1.0 / J + n_val / n_train) * var)
+    tcrit = float(stats.t.ppf(0.975, J - 1))
+    if se == 0:
+        p = 0.0 if mean > 0 else 1.0
+    else:
+        p = float(stats.t.sf(mean / se, J - 1))
+    return {**out, "low": mean - tcrit * se, "high": mean + tcrit * se, "p": p}
