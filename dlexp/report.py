@@ -118,10 +118,10 @@ def check_comparable(runs) -> None:
     tasks = run_tasks(runs).dropna()
     if tasks.nunique() > 1:
         counts = ", ".join(f"{t}: {n} runs" for t, n in tasks.value_counts().sort_index().items())
-        raise ReportError(f"cannot compare runs of different tasks ({counts}); keep them in separate --results-dir folders")
+        raise ReportError(f"cannot compare runs of different tasks ({counts}); pick one with --where dataset=NAME")
     if "dataset.name" in runs.columns and runs["dataset.name"].dropna().nunique() > 1:
         counts = ", ".join(f"{d}: {n} runs" for d, n in runs["dataset.name"].value_counts().sort_index().items())
-        raise ReportError(f"cannot compare runs on different datasets ({counts}); keep them in separate --results-dir folders")
+        raise ReportError(f"cannot compare runs on different datasets ({counts}); pick one with --where dataset=NAME")
 
 
 def default_metric(runs, at: str = "final") -> str:
@@ -341,6 +341,21 @@ def time_to_target(runs, metrics, by: Sequence[str], target: str, value: float, 
             "s_to_target": float(np.median(part["seconds"])),
         })
     return pd.DataFrame(out, columns=["group", "target_hits", "target_n", "epochs_to_target", "s_to_target"])
+
+
+def filter_runs(runs, where: str):
+    """Keep the runs matching every KEY=VALUE of a comma-separated `where` (optimizer=adam means optimizer.name)."""
+    for cond in (c.strip() for c in where.split(",") if c.strip()):
+        key, sep, value = cond.partition("=")
+        if not sep or not key.strip():
+            raise ReportError(f"--where: expected KEY=VALUE such as dataset=digits, got {cond!r}")
+        if key.strip() in ("study", "candidate", "trial", "fold") and key.strip() not in runs.columns:
+            raise ReportError(f"--where: no run has a {key.strip()!r} column")
+        col = key.strip() if key.strip() in runs.columns else resolve_key(key.strip(), runs)
+        runs = runs[runs[col].map(lambda v: _matches(v, value.strip()))]
+    if runs.empty:
+        raise ReportError(f"--where: no run matches {where}")
+    return runs
 
 
 def parse_baseline(text: str, runs, by: Sequence[str]) -> tuple[str, str]:

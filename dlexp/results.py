@@ -135,11 +135,14 @@ def load_runs(results_dir: str | Path = "results"):
         try:
             summary = json.loads((d / "summary.json").read_text())
             cfg = yaml.safe_load((d / "config.yaml").read_text())
+            if not isinstance(summary, dict) or not isinstance(cfg, dict):
+                raise ValueError("summary.json or config.yaml is not a mapping")
+            flat = flatten(cfg)
         except (OSError, ValueError, yaml.YAMLError) as e:
             print(f"warning: skipping run {d.name}: {type(e).__name__}: {e}", file=sys.stderr)
             continue
         row = {"run_id": d.name}
-        row.update(flatten(cfg))
+        row.update(flat)
         for k, v in summary.items():
             if isinstance(v, dict):
                 row.update({f"{k}.{m}": x for m, x in v.items()})

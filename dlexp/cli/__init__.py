@@ -10,6 +10,7 @@ import typer
 from dlexp.cli.check_optimizers import check_optimizers
 from dlexp.cli.kfold import kfold
 from dlexp.cli.list import list_choices
+from dlexp.cli.report import report
 from dlexp.cli.run import run
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.command("run", context_settings={"allow_interspersed_args": True})(run)
 app.command("list")(list_choices)
 app.command("kfold", context_settings={"allow_interspersed_args": True})(kfold)
+app.command("report")(report)
 app.command("check-optimizers")(check_optimizers)
 
 

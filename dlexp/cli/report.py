@@ -25,6 +25,7 @@ def report(
     out_dir: Annotated[Optional[str], typer.Option("--out", help="Folder for the table file and the plots (default for plots: report/).")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="Table format: md, csv, latex or json; to --out/report.<ext>, or stdout without --out.")] = None,
     html: Annotated[Optional[str], typer.Option("--html", help="Write one self-contained HTML page (tables + every plot embedded) to this file.")] = None,
+    where: Annotated[Optional[str], typer.Option("--where", help="Only runs matching KEY=VALUE, comma-separated: dataset=digits, optimizer=adam, study=NAME.")] = None,
     include_failed: Annotated[bool, typer.Option("--include-failed", help="Let diverged/interrupted/failed runs into the statistics (they are always counted).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")] = False,
 ) -> None:
@@ -36,14 +37,14 @@ def report(
     from dlexp import report as rp
 
     try:
-        _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_dir, fmt, html, include_failed)
+        _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_dir, fmt, html, include_failed, where)
     except rp.ReportError as e:
         if debug:
             raise
         raise fail(str(e)) from None
 
 
-def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_dir, fmt, html, include_failed) -> None:
+def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_dir, fmt, html, include_failed, where) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,6 +66,8 @@ def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_di
     runs = load_runs(root)  # warns on stderr about each unreadable run folder and skips it
     if runs.empty:
         raise rp.ReportError(f"no readable runs under {root / 'runs'}")
+    if where:
+        runs = rp.filter_runs(runs, where)
     rp.check_comparable(runs)
     keys = [rp.resolve_key(k.strip(), runs) for k in by.split(",") if k.strip()] if by else rp.varying_keys(runs)
     metric = rp.resolve_metric(metric, runs, at)
