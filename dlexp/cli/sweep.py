@@ -1,0 +1,334 @@
+"""`dlexp sweep`: an Optuna study over a search space in conf/sweep/<name>.yaml, one run per trial."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from dlexp.cli.common import err, fail, out, user_errors
+
+
+def sweep(
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="sweep=NAME (a file of conf/sweep/) and Hydra overrides that fix the rest: optimizer=adam model=mlp trainer.epochs=20", show_default=False)] = None,
+    trials: Annotated[int, typer.Option("--trials", "-n", help="Finished trials (complete or pruned) the study should have in total, over all workers and reruns.")] = 20,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Start no new trial after this many seconds.")] = None,
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe | random | grid (a finite space) | cmaes (needs `pip install cmaes`) | qmc; seeded by --seed.")] = "tpe",
+    pruner: Annotated[str, typer.Option("--pruner", help="median | hyperband | none | wilcoxon (with --cv: compares fold scores).")] = "median",
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Objective, final epoch (or mean over folds): default val/acc for classification, val/log_rmse (positive targets) or val/rmse for regression.")] = None,
+    direction: Annotated[Optional[str], typer.Option("--direction", help="maximize | minimize; default: the metric's (acc up, losses and errors down).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Trials at once on this machine, each worker its own process on the same storage.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Sampler seed: one job and the same seed give the same sequence of trials.")] = 0,
+    cv: Annotated[Optional[int], typer.Option("--cv", help="Optimize the K-fold cross-validation score (mean over K folds); pruning sees each fold.")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Where the study lives: default results/sweeps/<study>.db (SQLite); any Optuna database URL (postgresql+psycopg://user:pw@host/db, shared by workers on several machines); a .db file; or an Optuna journal file: journal:PATH, *.log, *.jsonl (no crash recovery).")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name; default <sweep>-<hash of the fixed overrides, metric and --cv>, so the same command resumes.")] = None,
+    heartbeat: Annotated[int, typer.Option("--heartbeat", help="Seconds between a running trial's liveness records (database storages); a trial silent for 3 beats is failed and retried once.")] = 10,
+    config_dir: Annotated[Optional[str], typer.Option("--config-dir", help="A folder of your own configs (sweep/*.yaml too), searched before dlexp's.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display and no per-trial lines.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks and Optuna's log.")] = False,
+) -> None:
+    """Search hyperparameters with Optuna; every trial is an ordinary run under results/runs/.
+
+    Resume: the same command continues its study (same name) until --trials trials have FINISHED in
+    total, complete or pruned; failed trials do not count, and a diverged trial (NaN loss) is pruned
+    with its reason. Several workers (--jobs, or the same command on other machines with a shared
+    --storage) together stop at exactly --trials. A trial whose process died is failed after 3 missed
+    heartbeats and retried once. Writes results/sweeps/<study>.trials.csv, <study>.best.yaml (the
+    `dlexp run` command of the best trial) and experiment/<study>.yaml
+    (dlexp run --config-dir results/sweeps experiment=<study>).
+
+    Examples: dlexp sweep sweep=lr_wd optimizer=adam --trials 50;
+    dlexp sweep sweep=optimizers --trials 100 --pruner hyperband --cv 5
+    """
+    from dlexp import sweep as sw
+    from dlexp.errors import ConfigError
+
+    overrides = list(overrides or [])
+    with user_errors(debug):
+        try:
+            plan = _plan(overrides, trials=trials, timeout=timeout, sampler=sampler, pruner=pruner, metric=metric,
+                         direction=direction, jobs=jobs, seed=seed, cv=cv, storage=storage, study=study,
+                         heartbeat=heartbeat, config_dir=config_dir, debug=debug)
+        except ConfigError as e:
+            raise ConfigError(sw.mask(str(e), storage)) from None
+    raise typer.Exit(_execute(plan, quiet=quiet))
+
+
+def _plan(overrides: list[str], **o) -> dict[str, Any]:
+    """Check every input and open the study, before any trial: a bad input is one line and exit 2."""
+    from dlexp import config
+    from dlexp import sweep as sw
+    from dlexp.errors import ConfigError
+
+    if o["trials"] < 1:
+        raise ConfigError(f"--trials: must be >= 1, got {o['trials']}")
+    if o["jobs"] < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {o['jobs']}")
+    if o["timeout"] is not None and o["timeout"] <= 0:
+        raise ConfigError(f"--timeout: must be > 0 seconds, got {o['timeout']}")
+    if o["heartbeat"] < 1:
+        raise ConfigError(f"--heartbeat: must be >= 1 second, got {o['heartbeat']}")
+    if o["sampler"] not in sw.SAMPLERS:
+        raise ConfigError(f"--sampler {o['sampler']}: unknown; choose one of: {', '.join(sw.SAMPLERS)}")
+    if o["pruner"] not in sw.PRUNERS:
+        raise ConfigError(f"--pruner {o['pruner']}: unknown; choose one of: {', '.join(sw.PRUNERS)}")
+    if o["cv"] is not None and o["cv"] < 2:
+        raise ConfigError(f"--cv: K must be >= 2, got {o['cv']}")
+    if o["pruner"] == "wilcoxon" and not o["cv"]:
+        raise ConfigError("--pruner wilcoxon: compares per-fold scores, so it needs --cv K")
+    if o["direction"] is not None and o["direction"] not in ("maximize", "minimize"):
+        raise ConfigError(f"--direction: expected maximize or minimize, got {o['direction']!r}")
+    if o["study"] is not None and not sw.STUDY_NAME.match(o["study"]):
+        raise ConfigError(f"--study: use 1-100 letters, digits, '.', '_' or '-', got {o['study']!r}")
+
+    names = [x.split("=", 1)[1] for x in overrides if x.split("=", 1)[0] == "sweep"]
+    fixed = [x for x in overrides if x.split("=", 1)[0] != "sweep"]
+    spaces = sw.available(o["config_dir"])
+    if len(names) != 1:
+        raise ConfigError(f"sweep=NAME: {'give one search space' if not names else 'give only one sweep='}; "
+                          f"choose one of: {', '.join(spaces) or '(none)'}")
+    space = sw.load_space(names[0], o["config_dir"])
+    fixed = config.expand(fixed, multirun=False)[0]
+    sw.check_fixed(space, fixed)
+    base = config.compose(fixed, o["config_dir"])  # a bad fixed override: exit 2 before any trial
+    if o["sampler"] != "grid":
+        sw.make_sampler(o["sampler"], 0, space)  # cmaes without its package: exit 2 now
+    else:
+        sw.grid(space)
+
+    from dlexp.data import load_source
+
+    source = load_source(base.dataset)
+    default, default_direction, known = sw.metric_choices(source.task, source.positive_target, cv=bool(o["cv"]))
+    metric = o["metric"] or default
+    if metric not in known:
+        raise ConfigError(f"--metric {metric}: not a metric of {base.dataset.name} ({source.task}); choose one of: {', '.join(known)}")
+    if not o["cv"] and metric.startswith("val/") and float(base.dataset.get("val_fraction", 0.0)) <= 0:
+        raise ConfigError(f"--metric {metric}: dataset.val_fraction is 0, so there is no validation split; set it > 0 or use --cv K")
+    direction = o["direction"] or (known[metric] if o["metric"] else default_direction)
+    name = o["study"] or sw.study_name(space.name, fixed, metric, o["cv"])
+    kind, target = sw.storage_target(o["storage"], base.results_dir, name)
+    return dict(o, space=space, fixed=fixed, metric=metric, direction=direction, study=name, kind=kind, target=target,
+                results_dir=str(base.results_dir), argv=[sw.mask(a, target) for a in sys.argv])
+
+
+def _open_study(plan: dict[str, Any], seed: int | None):
+    import optuna
+
+    from dlexp import sweep as sw
+    from dlexp.errors import ConfigError
+
+    storage = sw.open_storage(plan["kind"], plan["target"], plan["heartbeat"])
+    sampler = sw.make_sampler(plan["sampler"], seed, plan["space"])
+    pruner = sw.make_pruner(plan["pruner"], plan["cv"])
+    study = sw._retry(lambda: optuna.create_study(storage=storage, study_name=plan["study"], direction=plan["direction"],
+                                                  sampler=sampler, pruner=pruner, load_if_exists=True), plan["target"])
+    if study.direction.name.lower() != plan["direction"]:
+        raise ConfigError(f"--direction {plan['direction']}: study {plan['study']} exists and {study.direction.name.lower()}s; "
+                          "use another --study")
+    recorded = study.user_attrs.get("metric")
+    if recorded is None:
+        study.set_user_attr("metric", plan["metric"])
+        study.set_user_attr("sweep", plan["space"].name)
+        study.set_user_attr("fixed_overrides", plan["fixed"])
+    elif recorded != plan["metric"]:
+        raise ConfigError(f"--metric {plan['metric']}: study {plan['study']} optimizes {recorded}; use another --study")
+    return study
+
+
+def _objective(plan: dict[str, Any]):
+    from dlexp import sweep as sw
+
+    meta = {"command": plan["argv"], "sweep": {"study": plan["study"], "space": plan["space"].name,
+                                                 "storage": sw.mask(plan["target"], plan["target"]),
+                                                 "metric": plan["metric"], "direction": plan["direction"]}}
+    return sw.Objective(plan["space"], plan["fixed"], metric=plan["metric"], n_trials=plan["trials"], study_name=plan["study"],
+                        config_dir=plan["config_dir"], cv=plan["cv"], pruner=plan["pruner"], extra_meta=meta)
+
+
+def _worker_seed(seed: int, worker: int, existing: int) -> int:
+    """One job on a fresh study: the seed itself. Other workers and resumed studies get seeds derived
+    from it, so they do not replay the trials the first run already sampled."""
+    if worker == 0 and existing == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, worker, existing]).generate_state(1)[0])
+
+
+def _quiet_optuna(debug: bool) -> None:
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if debug else optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*heartbeat.*")
+
+
+def _process_worker(plan: dict[str, Any], worker: int, existing: int, threads: int, deadline: float | None) -> str:
+    """One --jobs worker in its own process: its own storage connection, data loaded once."""
+    import torch
+
+    torch.set_num_threads(threads)
+    _quiet_optuna(plan["debug"])
+    study = _open_study(plan, _worker_seed(plan["seed"], worker, existing))
+    try:
+        return _work(study, plan, deadline)
+    except KeyboardInterrupt:
+        return "interrupted"
+
+
+def _work(study, plan, deadline, on_trial=None, on_wait=None) -> str:
+    from dlexp import sweep as sw
+
+    return sw.work(study, _objective(plan), plan["trials"], deadline=deadline, on_trial=on_trial, on_wait=on_wait)
+
+
+def _execute(plan: dict[str, Any], quiet: bool) -> int:
+    from dlexp import sweep as sw
+    from dlexp.errors import ConfigError
+    from dlexp.results import check_writable
+
+    _quiet_optuna(plan["debug"])
+    check_writable(plan["results_dir"])
+    try:
+        study = _open_study(plan, None)
+    except ConfigError as e:
+        raise fail(sw.mask(str(e), plan["target"])) from None
+    existing = len(study.trials)
+    deadline = time.time() + plan["timeout"] if plan["timeout"] else None
+    display = _Display(plan, quiet)
+    reasons: list[str] = []
+    interrupted = False
+    display.start(study)
+    try:
+        if plan["jobs"] == 1:
+            study = _open_study(plan, _worker_seed(plan["seed"], 0, existing))
+            reasons.append(_work(study, plan, deadline, on_trial=lambda t: display.trial(study, t),
+                                 on_wait=lambda c: display.update(study, waiting=True)))
+        else:
+            reasons += _parallel(plan, study, existing, deadline, display)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        display.stop(study)
+    written = sw.write_outputs(study, plan["space"], Path(plan["results_dir"]) / "sweeps", metric=plan["metric"],
+                               direction=plan["direction"], config_dir=plan["config_dir"])
+    _print_end(study, plan, written, reasons)
+    if interrupted or "interrupted" in reasons:
+        err.print("interrupted: finished trials are kept; rerun the same command to continue", markup=False)
+        return 130
+    c = sw.counts(study)
+    return 0 if c["COMPLETE"] + c["PRUNED"] >= plan["trials"] or "timeout" in reasons else 1
+
+
+def _parallel(plan, study, existing: int, deadline, display) -> list[str]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = plan["jobs"]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+    try:
+        futures = [pool.submit(_process_worker, plan, w, existing, threads, deadline) for w in range(jobs)]
+        while not all(f.done() for f in futures):
+            display.update(study)
+            time.sleep(1.0)
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Display:
+    """Live view on a terminal (trial n of N, states, best so far); one line per trial otherwise."""
+
+    def __init__(self, plan, quiet: bool):
+        self.plan, self.quiet = plan, quiet
+        self.live = None
+        self.seen: set[int] = set()
+
+    def start(self, study) -> None:
+        if self.quiet:
+            return
+        if sys.stdout.isatty():
+            from rich.live import Live
+
+            self.live = Live(self._render(study), console=out, auto_refresh=False, transient=False)
+            self.live.start()
+        else:
+            from dlexp import sweep as sw
+
+            c = sw.counts(study)
+            err.print(f"study {self.plan['study']} ({sw.mask(self.plan['target'], self.plan['target'])}): "
+                      f"{c['COMPLETE'] + c['PRUNED']} of {self.plan['trials']} trials finished", markup=False)
+
+    def trial(self, study, frozen) -> None:
+        if self.quiet:
+            return
+        if self.live is None:
+            value = f" {frozen.value:.4g}" if frozen.value is not None else ""
+            reason = frozen.user_attrs.get("reason")
+            params = " ".join(f"{k}={_fmt(v)}" for k, v in frozen.params.items())
+            err.print(f"trial {frozen.number}: {frozen.state.name}{value} {params}" + (f" ({reason})" if reason else ""), markup=False)
+        else:
+            self.update(study)
+
+    def update(self, study, waiting: bool = False) -> None:
+        if self.live is not None:
+            self.live.update(self._render(study, waiting), refresh=True)
+        elif not self.quiet:
+            for t in study.get_trials(deepcopy=False):
+                if t.state.is_finished() and t.number not in self.seen:
+                    self.seen.add(t.number)
+                    self.trial(study, t)
+
+    def stop(self, study) -> None:
+        if self.live is not None:
+            self.live.update(self._render(study), refresh=True)
+            self.live.stop()
+
+    def _render(self, study, waiting: bool = False):
+        from rich.table import Table
+
+        from dlexp import sweep as sw
+
+        c = sw.counts(study)
+        finished = c["COMPLETE"] + c["PRUNED"]
+        table = Table(title=f"sweep {self.plan['space'].name}: study {self.plan['study']}", show_header=False)
+        table.add_row("trials", f"{finished} of {self.plan['trials']} finished" + (" (waiting for running trials)" if waiting else ""))
+        table.add_row("states", ", ".join(f"{k.lower()} {v}" for k, v in c.items() if v))
+        best = sw.best_trial(study)
+        if best is not None:
+            table.add_row(f"best {self.plan['metric']}", f"{best.value:.4g} (trial {best.number})")
+            table.add_row("best params", " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
+        return table
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _print_end(study, plan, written: dict[str, Path], reasons: list[str]) -> None:
+    from dlexp import sweep as sw
+
+    c = sw.counts(study)
+    line = ", ".join(f"{k.lower()} {v}" for k, v in c.items() if v)
+    out.print(f"study {plan['study']}: {line} (of {plan['trials']} to finish)", markup=False)
+    if "stuck" in reasons:
+        err.print(f"{c['RUNNING']} trial(s) are RUNNING in a worker that may be gone; a journal storage has no heartbeat "
+                  "to fail them, so use a database --storage for crash recovery", markup=False)
+    if "failures" in reasons:
+        err.print("stopped: too many failed trials; see the reason column of the trials table", markup=False)
+    best = sw.best_trial(study)
+    if best is not None:
+        out.print(f"best: trial {best.number}, {plan['metric']} {best.value:.4g}: "
+                  + " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()), markup=False)
+    for what, path in written.items():
+        out.print(f"{what}: {path}", markup=False)
+    if "best" in written:
+        out.print(f"rerun the best: dlexp run --config-dir {Path(plan['results_dir']) / 'sweeps'} experiment={plan['study']}", markup=False)

@@ -1,0 +1,749 @@
+"""Hyperparameter search with Optuna: a search space from `conf/sweep/<name>.yaml`, one ordinary run per trial.
+
+A search space file lists parameters under `params:`; each key is a config key (an override) or a
+config group (its values are choices of that group), in the order they are sampled:
+
+    # Optimizer choice, learning rate, and SGD's momentum
+    params:
+      optimizer: [sgd, adam, rmsprop]                  # a plain list: a categorical
+      optimizer.lr: {float: [1.0e-4, 1.0], log: true}  # float: [low, high], optional log or step
+      trainer.batch_size: {int: [32, 256], step: 32}   # int: [low, high], optional step or log
+      optimizer.momentum: {float: [0.0, 0.99], when: {optimizer: sgd}}
+      decay: {categorical: [none, l2], override: false}
+      optimizer.weight_decay: {float: [1.0e-6, 1.0e-2], log: true, when: {decay: l2}, otherwise: 0.0}
+
+`when: {param: value | [values]}` samples a parameter only when every named (earlier) parameter took
+one of the given values; `otherwise: v` then sets the key to the fixed `v` (without it, the key keeps
+its config value). `override: false` marks a switch that only drives `when` and is no config key.
+
+The objective of a trial is the final-epoch value of the metric (e.g. `val/acc`) of its run, or the
+mean over folds with `--cv`. Data flow: sweep -> config.compose -> runner.execute -> results/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from dlexp import config
+from dlexp.errors import ConfigError
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
+PRUNERS = ("median", "hyperband", "wilcoxon", "none")
+# A trial counts towards --trials once it is finished: complete or pruned. Failed trials do not.
+FINISHED = ("COMPLETE", "PRUNED")
+_UNSET = object()
+
+
+@dataclass
+class Param:
+    """One searched parameter. `kind` is float | int | categorical."""
+
+    name: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] = field(default_factory=list)
+    when: dict[str, list[Any]] = field(default_factory=dict)
+    otherwise: Any = _UNSET
+    override: bool = True
+
+    @property
+    def group(self) -> bool:
+        return self.name in config.GROUPS
+
+
+@dataclass
+class Space:
+    name: str
+    description: str
+    params: list[Param]
+
+    def keys(self) -> set[str]:
+        return {p.name for p in self.params if p.override}
+
+
+# ---------------------------------------------------------------------------------------------------
+# search spaces
+
+
+def available(config_dir: str | Path | None = None) -> dict[str, Path]:
+    """Sweep name -> file, from `sweep/` in the user's --config-dir and in dlexp's conf/."""
+    return config.choices("sweep", config_dir)
+
+
+def load_space(name: str, config_dir: str | Path | None = None) -> Space:
+    import yaml
+
+    files = available(config_dir)
+    if name not in files:
+        raise ConfigError(f"sweep={name}: unknown search space; choose one of: {', '.join(files) or '(none)'}")
+    path = files[name]
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"sweep={name}: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_space(data, name, config.describe(path), config_dir)
+
+
+def parse_space(data: Any, name: str, description: str = "", config_dir: str | Path | None = None) -> Space:
+    """Check a search space (the YAML's content) and return it; every error names the parameter."""
+    where = f"sweep {name}"
+    if not isinstance(data, dict) or not isinstance(data.get("params"), dict) or not data["params"]:
+        raise ConfigError(f"{where}: expected a mapping `params:` of at least one parameter")
+    unknown = set(data) - {"params"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}; only `params:`")
+    params: list[Param] = []
+    for key, spec in data["params"].items():
+        p = _param(str(key), spec, f"{where}: {key}")
+        for other, values in p.when.items():
+            earlier = next((q for q in params if q.name == other), None)
+            if earlier is None:
+                raise ConfigError(f"{where}: {key}: `when` names {other}, which is not a parameter declared before it")
+            if earlier.kind != "categorical":
+                raise ConfigError(f"{where}: {key}: `when` needs {other} to be categorical")
+            bad = [v for v in values if v not in earlier.choices]
+            if bad:
+                raise ConfigError(f"{where}: {key}: `when: {{{other}: {bad[0]}}}` is not one of {other}'s choices {earlier.choices}")
+        if p.group:
+            if p.kind != "categorical":
+                raise ConfigError(f"{where}: {key}: a config group takes a list of its choices")
+            existing = config.choices(p.name, config_dir)
+            bad = [c for c in p.choices if c not in existing]
+            if bad:
+                raise ConfigError(f"{where}: {key}: unknown choice {bad[0]!r}; choose among: {', '.join(existing)}")
+        params.append(p)
+    return Space(name, description, params)
+
+
+def _param(key: str, spec: Any, where: str) -> Param:
+    if isinstance(spec, list):
+        spec = {"categorical": spec}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a list of choices or a mapping with float/int/categorical")
+    kinds = [k for k in ("float", "int", "categorical") if k in spec]
+    if len(kinds) != 1:
+        raise ConfigError(f"{where}: give exactly one of float: [low, high], int: [low, high], categorical: [...]")
+    kind = kinds[0]
+    allowed = {kind, "when", "otherwise", "override"} | ({"log", "step"} if kind != "categorical" else set())
+    extra = set(spec) - allowed
+    if extra:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(map(str, extra)))}; allowed: {', '.join(sorted(allowed))}")
+    when = spec.get("when", {}) or {}
+    if not isinstance(when, dict):
+        raise ConfigError(f"{where}: `when` must be a mapping {{param: value or [values]}}")
+    when = {str(k): (list(v) if isinstance(v, list) else [v]) for k, v in when.items()}
+    if "otherwise" in spec and not when:
+        raise ConfigError(f"{where}: `otherwise` needs a `when`")
+    override = spec.get("override", True)
+    if not isinstance(override, bool):
+        raise ConfigError(f"{where}: `override` must be true or false")
+    p = Param(key, kind, when=when, otherwise=spec.get("otherwise", _UNSET), override=override)
+    if kind == "categorical":
+        choices = spec["categorical"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: categorical needs a non-empty list of choices")
+        # lists (model.hidden: [[64], [128, 128]]) become their override text, since Optuna stores scalars
+        p.choices = [_override_text(c) if isinstance(c, (list, dict)) else c for c in choices]
+        if len(set(map(repr, p.choices))) != len(p.choices):
+            raise ConfigError(f"{where}: repeated choice in {choices}")
+        return p
+    bounds = spec[kind]
+    if (not isinstance(bounds, list) or len(bounds) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
+        raise ConfigError(f"{where}: {kind} needs [low, high], got {bounds!r}")
+    p.low, p.high = bounds
+    if kind == "int" and not all(isinstance(b, int) for b in bounds):
+        raise ConfigError(f"{where}: int bounds must be integers, got {bounds!r}")
+    if p.low >= p.high:
+        raise ConfigError(f"{where}: low must be < high, got {bounds!r}")
+    p.log = spec.get("log", False)
+    if not isinstance(p.log, bool):
+        raise ConfigError(f"{where}: `log` must be true or false")
+    if p.log and p.low <= 0:
+        raise ConfigError(f"{where}: log scale needs low > 0, got {p.low}")
+    p.step = spec.get("step")
+    if p.step is not None:
+        if isinstance(p.step, bool) or not isinstance(p.step, (int, float)) or p.step <= 0 or (kind == "int" and not isinstance(p.step, int)):
+            raise ConfigError(f"{where}: `step` must be a positive {'integer' if kind == 'int' else 'number'}")
+        if p.log:
+            raise ConfigError(f"{where}: `step` and `log` cannot be combined (as in Optuna)")
+    return p
+
+
+def active(p: Param, values: dict[str, Any]) -> bool:
+    return all(values.get(k, _UNSET) in allowed for k, allowed in p.when.items())
+
+
+def suggest(space: Space, trial) -> dict[str, Any]:
+    """Sample the active parameters of `space` on an Optuna trial: {name: value}, in space order."""
+    values: dict[str, Any] = {}
+    for p in space.params:
+        if not active(p, values):
+            continue
+        if p.kind == "float":
+            values[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+        elif p.kind == "int":
+            values[p.name] = trial.suggest_int(p.name, p.low, p.high, log=p.log, step=p.step or 1)
+        else:
+            values[p.name] = trial.suggest_categorical(p.name, p.choices)
+    return values
+
+
+def _override_text(value: Any) -> str:
+    """A value as Hydra override text: true/false/null, repr of numbers, [a,b] for lists."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_text(v) for v in value) + "]"
+    return str(value)
+
+
+def overrides(space: Space, fixed: list[str], values: dict[str, Any]) -> list[str]:
+    """One trial's override list: group choices first (fixed, then sampled), then the fixed keys,
+    then the sampled keys (a group choice must come before the keys it provides)."""
+    sampled_groups, sampled_keys = [], []
+    for p in space.params:
+        if not p.override:
+            continue
+        if p.name in values:
+            value = values[p.name]
+        elif p.otherwise is not _UNSET and not active(p, values):
+            value = p.otherwise
+        else:
+            continue
+        (sampled_groups if p.group else sampled_keys).append(f"{p.name}={_override_text(value)}")
+    fixed_groups = [o for o in fixed if _key(o) in config.GROUPS]
+    fixed_keys = [o for o in fixed if _key(o) not in config.GROUPS]
+    return fixed_groups + sampled_groups + fixed_keys + sampled_keys
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_fixed(space: Space, fixed: list[str]) -> None:
+    """A key may be fixed on the command line or searched, not both."""
+    searched = space.keys()
+    for o in fixed:
+        if _key(o) in searched:
+            raise ConfigError(f"{_key(o)}: fixed on the command line ({o}) and searched by sweep={space.name}; drop one")
+
+
+def grid(space: Space) -> dict[str, list[Any]]:
+    """The finite grid of a space for Optuna's GridSampler; continuous parameters are refused."""
+    out: dict[str, list[Any]] = {}
+    for p in space.params:
+        if p.kind == "categorical":
+            out[p.name] = list(p.choices)
+        elif p.step is not None:
+            n = int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1
+            values = [p.low + i * p.step for i in range(n)]
+            out[p.name] = [int(v) for v in values] if p.kind == "int" else [float(round(v, 12)) for v in values]
+        elif p.kind == "int" and not p.log:
+            out[p.name] = list(range(int(p.low), int(p.high) + 1))
+        else:
+            raise ConfigError(f"--sampler grid: {p.name} is continuous ({p.kind} [{p.low}, {p.high}]{', log' if p.log else ''}); "
+                              "give it a `step`, make it categorical, or use another sampler")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# names, storage, sampler, pruner
+
+
+_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)")
+
+
+def mask(text: str, url: str | None = None) -> str:
+    """Hide passwords: `scheme://user:pw@host` -> `scheme://user:***@host` (and `pw` itself anywhere,
+    where `url` names it, since drivers sometimes repeat it in their messages)."""
+    text = str(text)
+    if url:
+        m = _PASSWORD.search(url)
+        if m and m.group("pw") and len(m.group("pw")) >= 3:
+            text = text.replace(m.group("pw"), "***") if m.group("pw") != "***" else text
+    return _PASSWORD.sub(lambda m: f"{m.group('head')}***{m.group('at')}", text)
+
+
+STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def study_name(sweep: str, fixed: list[str], metric: str, cv: int | None) -> str:
+    """`<sweep>-<hash>`: the same command (fixed overrides, metric, --cv) names the same study, so it resumes."""
+    key = "\n".join([*sorted(fixed), f"metric={metric}", f"cv={cv or 0}"])
+    return f"{sweep}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def storage_target(spec: str | None, results_dir: str | Path, study: str) -> tuple[str, str]:
+    """(kind, target) for `--storage`: kind `rdb` (a SQLAlchemy URL) or `journal` (a file path).
+
+    None -> `<results_dir>/sweeps/<study>.db` (SQLite); a URL with `://` -> that database;
+    `journal:PATH` or a path ending in .log/.jsonl -> Optuna's journal file; a path ending in
+    .db/.sqlite/.sqlite3 -> that SQLite file.
+    """
+    if spec is None:
+        return "rdb", f"sqlite:///{(Path(results_dir) / 'sweeps' / f'{study}.db').resolve()}"
+    if spec.startswith("journal:"):
+        return "journal", str(Path(spec[len("journal:"):]).expanduser().resolve())
+    if "://" in spec:
+        return "rdb", spec
+    suffix = Path(spec).suffix.lower()
+    if suffix in (".log", ".jsonl"):
+        return "journal", str(Path(spec).expanduser().resolve())
+    if suffix in (".db", ".sqlite", ".sqlite3"):
+        return "rdb", f"sqlite:///{Path(spec).expanduser().resolve()}"
+    raise ConfigError(f"--storage {mask(spec)}: expected a database URL (sqlite:///..., postgresql+psycopg://...), "
+                      "a .db file, or a journal file (journal:PATH, *.log, *.jsonl)")
+
+
+def open_storage(kind: str, target: str, heartbeat: int | None = 10):
+    """An Optuna storage. RDB storages get a heartbeat: a trial whose process died is failed after
+    3 missed beats and retried once (same parameters) by the next worker that asks for a trial."""
+    import warnings
+
+    import optuna
+
+    if kind == "journal":
+        # Optuna 5's journal storage has no heartbeat: a killed worker's trial stays RUNNING.
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+
+        return JournalStorage(JournalFileBackend(target, lock_obj=JournalFileOpenLock(target)))
+    engine_kwargs: dict[str, Any] = {}
+    if target.startswith("sqlite"):
+        path = Path(target.split(":///", 1)[1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _sqlite_wal(path)
+        # several local workers: wait for the write lock instead of failing with "database is locked"
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        kwargs = {}
+        if heartbeat:
+            kwargs = dict(heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        return _retry(lambda: optuna.storages.RDBStorage(target, engine_kwargs=engine_kwargs, **kwargs), target)
+
+
+def _sqlite_wal(path: Path) -> None:
+    """WAL journal mode: readers do not block the writer (persistent in the file; optuna-dashboard reads it)."""
+    import sqlite3
+
+    def go():
+        con = sqlite3.connect(path, timeout=120)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+        finally:
+            con.close()
+
+    _retry(go, str(path))
+
+
+def _retry(fn: Callable[[], Any], target: str, tries: int = 8) -> Any:
+    """Table creation races between workers starting together; retry a few times before giving up."""
+    for i in range(tries):
+        try:
+            return fn()
+        except Exception as e:  # sqlalchemy/sqlite errors of a concurrent create
+            text = str(e).lower()
+            transient = any(s in text for s in ("locked", "already exists", "duplicate", "unique constraint"))
+            if not transient or i == tries - 1:
+                raise ConfigError(f"--storage {mask(target, target)}: {mask(str(e).splitlines()[0], target)}") from None
+            time.sleep(0.2 * (i + 1))
+
+
+def make_sampler(name: str, seed: int | None, space: Space):
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid(space), seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    if name == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise ConfigError("--sampler cmaes: needs the `cmaes` package (pip install cmaes)") from None
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise ConfigError(f"--sampler {name}: unknown; choose one of: {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str, cv: int | None):
+    import optuna
+
+    if name == "median":
+        # 5 unpruned trials first; never on epoch 1, whose values say little about the end
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    if name == "wilcoxon":
+        if not cv:
+            raise ConfigError("--pruner wilcoxon: compares per-fold scores, so it needs --cv K")
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"--pruner {name}: unknown; choose one of: {', '.join(PRUNERS)}")
+
+
+def metric_choices(task: str, positive_target: bool, cv: bool = False) -> tuple[str, str, dict[str, str]]:
+    """(default metric, its direction, {metric: direction} of all that can be optimized)."""
+    from dlexp.data import CLASSIFICATION
+
+    if task == CLASSIFICATION:
+        names, default = ("loss", "acc"), "acc"
+    else:
+        names = ("loss", "rmse", "log_rmse") if positive_target else ("loss", "rmse")
+        default = "log_rmse" if positive_target else "rmse"
+    splits = ("val",) if cv else ("val", "train")
+    found = {f"{s}/{m}": ("maximize" if m == "acc" else "minimize") for s in splits for m in names}
+    return f"val/{default}", found[f"val/{default}"], found
+
+
+# ---------------------------------------------------------------------------------------------------
+# the objective and the worker loop
+
+
+class _Surplus(Exception):
+    """This trial started after --trials trials were already finished or running (a race between workers)."""
+
+
+class Objective:
+    """One trial: sample, compose, train through `runner.execute` (or kfold), report, return the value."""
+
+    def __init__(self, space: Space, fixed: list[str], *, metric: str, n_trials: int, study_name: str,
+                 config_dir: str | None, cv: int | None, pruner: str, extra_meta: dict[str, Any]):
+        self.space, self.fixed, self.metric, self.n_trials = space, fixed, metric, n_trials
+        self.study_name, self.config_dir, self.cv, self.pruner = study_name, config_dir, cv, pruner
+        self.extra_meta = extra_meta
+        self._data: dict[str, Any] = {}  # dataset YAML -> (source, splits): loaded once per process
+
+    def data(self, dataset_cfg):
+        from dlexp.data import holdout_indices, load_source, make_splits
+
+        key = config.to_yaml(dataset_cfg)
+        if key not in self._data:
+            source = load_source(dataset_cfg)
+            idx = holdout_indices(source, float(dataset_cfg.get("val_fraction", 0.1)), int(dataset_cfg.get("split_seed", 0)))
+            self._data[key] = (source, make_splits(source, *idx))
+        return self._data[key]
+
+    def claim(self, trial) -> None:
+        from optuna.trial import TrialState
+
+        ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+                 if t.state != TrialState.RUNNING or t.number < trial.number]
+        if len(ahead) >= self.n_trials:
+            raise _Surplus(f"surplus: {self.n_trials} trials were already finished or running when trial {trial.number} started")
+
+    def __call__(self, trial) -> float:
+        try:
+            self.claim(trial)
+            values = suggest(self.space, trial)
+            trial_overrides = overrides(self.space, self.fixed, values)
+            trial.set_user_attr("overrides", trial_overrides)
+            cfg = config.compose(trial_overrides, self.config_dir)
+            if self.cv:
+                return self._cross_validate(trial, cfg)
+            return self._run(trial, cfg)
+        except Exception as e:
+            import optuna
+
+            if not isinstance(e, optuna.TrialPruned):
+                trial.set_user_attr("status", "surplus" if isinstance(e, _Surplus) else "failed")
+                trial.set_user_attr("reason", mask(f"{type(e).__name__}: {e}" if not isinstance(e, _Surplus) else str(e)))
+            raise
+
+    def _run(self, trial, cfg) -> float:
+        import optuna
+
+        from dlexp.runner import execute
+
+        _, splits = self.data(cfg.dataset)
+        split, metric = self.metric.split("/", 1)
+        seen: dict[str, Any] = {}
+
+        def on_epoch(epoch: int, records: list[dict[str, Any]]) -> None:
+            seen["run_id"] = records[0]["run_id"] if records else None
+            seen["epoch"] = epoch
+            value = next((r["value"] for r in reversed(records) if r["epoch"] == epoch and r["split"] == split and r["metric"] == metric), None)
+            if value is None or not math.isfinite(value):
+                return  # a diverged epoch: execute returns status "diverged" right after this
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}: {self.metric} {value:.4g}")
+
+        columns = {"study": self.study_name, "trial": trial.number}
+        try:
+            run_id, summary = execute(cfg, splits, extra_meta=self.extra_meta, extra_columns=columns, on_epoch=on_epoch)
+        except optuna.TrialPruned as e:
+            summary = _mark_pruned(cfg, seen.get("run_id"), str(e))
+            trial.set_user_attr("run_id", seen.get("run_id"))
+            trial.set_user_attr("epochs", seen.get("epoch", 0))
+            trial.set_user_attr("train_s", summary.get("duration_s"))
+            trial.set_user_attr("status", "pruned")
+            trial.set_user_attr("reason", str(e))
+            raise
+        trial.set_user_attr("run_id", run_id)
+        trial.set_user_attr("epochs", summary["epochs_completed"])
+        trial.set_user_attr("train_s", summary["duration_s"])
+        trial.set_user_attr("status", summary["status"])
+        value = summary["final"].get(self.metric)
+        if summary["status"] == "diverged" or value is None or not math.isfinite(value):
+            # divergence is a result, not a crash: pruned (it counts as finished, and TPE learns to
+            # avoid the region) with the reason kept on the trial
+            reason = summary.get("reason") or f"{self.metric} is {value}"
+            trial.set_user_attr("reason", reason)
+            raise optuna.TrialPruned(f"diverged: {reason}")
+        return float(value)
+
+    def _cross_validate(self, trial, cfg) -> float:
+        import optuna
+
+        from dlexp import kfold
+
+        source, _ = self.data(cfg.dataset)
+        folds = kfold.make_folds(source, self.cv, seed=int(cfg.dataset.get("split_seed", 0)))
+        scores: list[float] = []
+
+        def on_fold(i: int, score: float) -> None:
+            scores.append(score)
+            if not math.isfinite(score):
+                return
+            # Wilcoxon compares fold by fold; the others see the running mean, step = fold index
+            trial.report(score if self.pruner == "wilcoxon" else sum(scores) / len(scores), i)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after fold {i}: {self.metric} mean {sum(scores) / len(scores):.4g}")
+
+        columns = {"study": self.study_name, "trial": trial.number}
+        try:
+            res = kfold.cross_validate(cfg, source, folds, metric=self.metric, extra_columns=columns, on_fold=on_fold)
+        except optuna.TrialPruned as e:
+            trial.set_user_attr("status", "pruned")
+            trial.set_user_attr("reason", str(e))
+            trial.set_user_attr("fold_scores", scores)
+            raise
+        trial.set_user_attr("run_ids", list(res.run_ids))
+        trial.set_user_attr("fold_scores", [float(s) for s in res.scores])
+        trial.set_user_attr("train_s", float(res.duration_s))
+        trial.set_user_attr("status", "ok")
+        if not math.isfinite(res.mean):
+            trial.set_user_attr("reason", f"{self.metric} mean over folds is {res.mean}")
+            raise optuna.TrialPruned(f"diverged: {self.metric} mean over folds is {res.mean}")
+        return float(res.mean)
+
+
+def _mark_pruned(cfg, run_id: str | None, reason: str) -> dict[str, Any]:
+    """runner.execute records an exception from on_epoch as status `failed`; a pruned run is not a
+    failure, so its summary.json says `pruned` (until execute knows the status itself)."""
+    import json
+
+    from dlexp import results
+
+    if run_id is None:
+        return {}
+    path = Path(cfg.results_dir) / "runs" / run_id
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    summary.update(status="pruned", reason=reason)
+    results.write_json(path / "summary.json", summary)
+    (path / "error.txt").unlink(missing_ok=True)
+    return summary
+
+
+def counts(study) -> dict[str, int]:
+    from collections import Counter
+
+    c = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    return {s: c.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+
+
+def heartbeat_enabled(study) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)
+
+
+def work(study, objective: Objective, n_trials: int, *, deadline: float | None = None,
+         on_trial: Callable[[Any], None] | None = None, on_wait: Callable[[dict[str, int]], None] | None = None,
+         max_failures: int | None = None) -> str:
+    """Run trials until the study has `n_trials` finished (complete + pruned) ones, in total over all
+    workers. Returns why it stopped: done | timeout | failures | stuck.
+
+    Before each trial the worker fails stale trials (heartbeat), then: finished >= n -> done; a
+    WAITING (retried) trial -> run it; finished + running < n -> run a new one; else wait for the
+    running ones (they may fail and free a slot). Without a heartbeat (journal storage) a worker does
+    not wait for RUNNING trials, which might belong to a dead process: it stops (`stuck`).
+    """
+    import warnings
+
+    import optuna
+
+    beat = heartbeat_enabled(study)
+    interval = study._storage.get_heartbeat_interval() if beat else None
+    failures = 0
+    max_failures = max_failures or max(5, n_trials)
+    last: dict[str, Any] = {}
+
+    def remember(study, frozen) -> None:
+        last["trial"] = frozen
+        if on_trial is not None:
+            on_trial(frozen)
+
+    while True:
+        if deadline is not None and time.time() >= deadline:
+            return "timeout"
+        if beat:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        c = counts(study)
+        finished = c["COMPLETE"] + c["PRUNED"]
+        if finished >= n_trials:
+            return "done"
+        if c["WAITING"] == 0 and finished + c["RUNNING"] >= n_trials:
+            if not beat:
+                return "stuck"
+            if on_wait is not None:
+                on_wait(c)
+            time.sleep(min(1.0, interval or 1.0))
+            continue
+        last.clear()
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[remember], gc_after_trial=False)
+        frozen = last.get("trial")
+        if frozen is not None and frozen.state.name == "FAIL" and frozen.user_attrs.get("status") != "surplus":
+            failures += 1
+            if failures >= max_failures:
+                return "failures"
+
+
+# ---------------------------------------------------------------------------------------------------
+# outputs
+
+
+def trials_table(study, space: Space | None = None):
+    """Tidy trials table: study, trial, state, <params>, value, duration_s, status, reason, run_id, epochs."""
+    import pandas as pd
+
+    names: list[str] = [p.name for p in space.params] if space is not None else []
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        for k in t.params:
+            if k not in names:
+                names.append(k)
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        rows.append({
+            "study": study.study_name, "trial": t.number, "state": t.state.name,
+            **{k: t.params.get(k) for k in t.params},
+            "value": t.value,
+            "duration_s": duration,
+            "status": t.user_attrs.get("status"),
+            "reason": t.user_attrs.get("reason"),
+            "run_id": t.user_attrs.get("run_id") or ";".join(t.user_attrs.get("run_ids", []) or []) or None,
+            "epochs": t.user_attrs.get("epochs"),
+            "train_s": t.user_attrs.get("train_s"),
+        })
+    columns = ["study", "trial", "state", *names, "value", "duration_s", "status", "reason", "run_id", "epochs", "train_s"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def best_trial(study):
+    """The best COMPLETE trial, or None."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    return study.best_trial
+
+
+def write_outputs(study, space: Space, sweeps_dir: Path, *, metric: str, direction: str, config_dir: str | None) -> dict[str, Path]:
+    """`<study>.trials.csv`, and for the best trial `<study>.best.yaml` (value, params, overrides, the
+    `dlexp run` command) plus `experiment/<study>.yaml`, an experiment file that
+    `dlexp run --config-dir <sweeps_dir> experiment=<study>` composes to the best trial's exact config."""
+    import yaml
+
+    from dlexp.results import atomic_write
+
+    sweeps_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    table = trials_table(study, space)
+    path = sweeps_dir / f"{study.study_name}.trials.csv"
+    atomic_write(path, table.to_csv(index=False))
+    written["trials"] = path
+    best = best_trial(study)
+    if best is None:
+        return written
+    best_overrides = list(best.user_attrs.get("overrides", []))
+    cfg = config.compose(best_overrides, config_dir)
+    command = "dlexp run " + " ".join(_shell_quote(o) for o in best_overrides)
+    experiment_cmd = f"dlexp run --config-dir {_shell_quote(str(sweeps_dir))} experiment={study.study_name}"
+    summary = {
+        "study": study.study_name, "trial": best.number, "metric": metric, "direction": direction,
+        "value": best.value, "params": dict(best.params), "overrides": best_overrides,
+        "run_id": best.user_attrs.get("run_id"), "command": command, "experiment_command": experiment_cmd,
+    }
+    text = (f"# Best trial {best.number} of study {study.study_name}: {metric} {best.value:.6g} ({direction}); "
+            f"rerun with: {command}\n" + yaml.safe_dump(summary, sort_keys=False))
+    path = sweeps_dir / f"{study.study_name}.best.yaml"
+    atomic_write(path, text)
+    written["best"] = path
+    written["experiment"] = _write_experiment(cfg, best_overrides, study.study_name, best.number, sweeps_dir, metric, best.value, config_dir)
+    return written
+
+
+def _write_experiment(cfg, trial_overrides: list[str], study: str, number: int, sweeps_dir: Path, metric: str,
+                      value: float, config_dir: str | None) -> Path:
+    """The best config as a `# @package _global_` experiment: the group choices in the defaults list,
+    then every resolved value, so it needs none of the sweep's overrides to reproduce the run."""
+    from omegaconf import OmegaConf
+
+    from dlexp.results import atomic_write
+
+    values = OmegaConf.to_container(cfg, resolve=True)
+    chosen = {_key(o): o.split("=", 1)[1] for o in trial_overrides if _key(o) in config.GROUPS}
+    choices = {g: chosen.get(g) or _choice_of(cfg, g, config_dir) for g in config.GROUPS if g != "experiment"}
+    body = {"defaults": [{f"override /{g}": c} for g, c in choices.items() if c is not None], **values}
+    header = (f"# @package _global_\n# Best trial {number} of sweep study {study} ({metric} {value:.6g}): "
+              f"dlexp run --config-dir {sweeps_dir} experiment={study}\n")
+    import yaml
+
+    folder = sweeps_dir / "experiment"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{study}.yaml"
+    atomic_write(path, header + yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def _choice_of(cfg, group: str, config_dir: str | None) -> str | None:
+    """The file a group not chosen by an override came from: its `name` where that is a file of the
+    group (dlexp's convention: file name == name); else the root default stays (None)."""
+    node = cfg.get(group)
+    name = node.get("name") if node is not None and hasattr(node, "get") else None
+    return str(name) if name is not None and str(name) in config.choices(group, config_dir) else None
+
+
+def _shell_quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
