@@ -247,3 +247,33 @@ def test_debug_lets_the_traceback_through(cli, results_dir):
     res = CliRunner().invoke(app, ["run", *SMALL, "trainer.epochs=0", f"results_dir={results_dir}", "--debug"])
     assert isinstance(res.exception, ConfigError) and "trainer.epochs" in str(res.exception)
     assert run_dirs(results_dir) == []
+
+
+def test_a_bad_grid_point_stops_the_grid_before_any_run(cli, results_dir):
+    res = cli("run", "-m", "optimizer=sgd,adamx", *SMALL, f"results_dir={results_dir}")
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and "adamx" in res.stderr
+    assert run_dirs(results_dir) == []
+
+
+def test_jobs_below_one_is_a_one_line_error(cli, results_dir):
+    res = cli("run", "--jobs", "0", *SMALL, f"results_dir={results_dir}")
+    assert res.exit_code == 2 and "--jobs" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert run_dirs(results_dir) == []
+
+
+def test_list_of_an_unknown_group_names_the_groups(cli):
+    res = cli("list", "optimiser")
+    assert res.exit_code == 2 and "optimiser" in res.stderr and "optimizer" in res.stderr
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: dlexp/config.py _compose catches only HydraException; a YAML error in a user's --config-dir "
+    "file (yaml.constructor.ConstructorError / yaml.scanner.ScannerError) escapes as a traceback, exit 1"))
+@pytest.mark.parametrize("body", ["name: sgd\nlr: 0.1\nlr: 0.2\n", "name: sgd\nlr: [0.1\n"], ids=["duplicate-key", "unclosed-list"])
+def test_a_malformed_yaml_in_the_users_config_dir_is_a_one_line_error(cli, results_dir, tmp_path, body):
+    (tmp_path / "myconf" / "optimizer").mkdir(parents=True)
+    (tmp_path / "myconf" / "optimizer" / "mine.yaml").write_text("# broken\n" + body)
+    res = cli("run", "optimizer=mine", *SMALL, f"results_dir={results_dir}", "--config-dir", str(tmp_path / "myconf"))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and "mine.yaml" in res.stderr
+    assert run_dirs(results_dir) == []
