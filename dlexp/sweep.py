@@ -588,7 +588,7 @@ def work(study, objective: Objective, n_trials: int, *, deadline: float | None =
          on_trial: Callable[[Any], None] | None = None, on_wait: Callable[[dict[str, int]], None] | None = None,
          max_failures: int | None = None) -> str:
     """Run trials until the study has `n_trials` finished (complete + pruned) ones, in total over all
-    workers. Returns why it stopped: done | timeout | failures | stuck.
+    workers. Returns why it stopped: done | exhausted (a grid) | timeout | failures | stuck.
 
     Before each trial the worker fails stale trials (heartbeat), then: finished >= n -> done; a
     WAITING (retried) trial -> run it; finished + running < n -> run a new one; else wait for the
@@ -621,6 +621,9 @@ def work(study, objective: Objective, n_trials: int, *, deadline: float | None =
         finished = c["COMPLETE"] + c["PRUNED"]
         if finished >= n_trials:
             return "done"
+        exhausted = getattr(study.sampler, "is_exhausted", None)  # GridSampler: every point tried
+        if exhausted is not None and c["WAITING"] == 0 and exhausted(study):
+            return "exhausted"
         if c["WAITING"] == 0 and finished + c["RUNNING"] >= n_trials:
             if not beat:
                 return "stuck"

@@ -224,7 +224,7 @@ def _execute(plan: dict[str, Any], quiet: bool) -> int:
         err.print("interrupted: finished trials are kept; rerun the same command to continue", markup=False)
         return 130
     c = sw.counts(study)
-    return 0 if c["COMPLETE"] + c["PRUNED"] >= plan["trials"] or "timeout" in reasons else 1
+    return 0 if c["COMPLETE"] + c["PRUNED"] >= plan["trials"] or {"timeout", "exhausted"} & set(reasons) else 1
 
 
 def _parallel(plan, study, existing: int, deadline, display) -> list[str]:
@@ -322,6 +322,8 @@ def _print_end(study, plan, written: dict[str, Path], reasons: list[str]) -> Non
     if "stuck" in reasons:
         err.print(f"{c['RUNNING']} trial(s) are RUNNING in a worker that may be gone; a journal storage has no heartbeat "
                   "to fail them, so use a database --storage for crash recovery", markup=False)
+    if "exhausted" in reasons:
+        err.print(f"the grid is exhausted: every point of the space has been tried", markup=False)
     if "failures" in reasons:
         err.print("stopped: too many failed trials; see the reason column of the trials table", markup=False)
     best = sw.best_trial(study)

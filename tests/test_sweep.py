@@ -1,0 +1,310 @@
+"""dlexp sweep: search-space parsing, the objective end to end on digits, resume, seeding, crash
+recovery (SIGKILL mid-trial), concurrent SQLite workers, password masking and the bad-input table.
+
+The sweep command is run through a Typer app of its own (this file does not depend on how the main
+app registers it); `dlexp run` goes through the real app. Everything writes under tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from dlexp import sweep as sw
+from dlexp.errors import ConfigError
+
+FAST = ["trainer.epochs=2", "trainer.batch_size=256", "trainer.device=cpu", "model.hidden=[32]"]
+# the same command in a separate process (for kill and concurrency tests)
+HARNESS = "import typer; from dlexp.cli.sweep import sweep; app = typer.Typer(add_completion=False); app.command()(sweep); app()"
+
+
+def _app() -> typer.Typer:
+    from dlexp.cli.sweep import sweep
+
+    app = typer.Typer(add_completion=False)
+    app.command()(sweep)
+    return app
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(_app(), list(args))
+
+
+def study_trials(db: Path) -> list[tuple[int, str]]:
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        return con.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
+    finally:
+        con.close()
+
+
+def finished(rows) -> int:
+    return sum(state in ("COMPLETE", "PRUNED") for _, state in rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# search spaces
+
+
+def test_shipped_spaces_parse_and_describe_themselves():
+    spaces = sw.available()
+    assert {"lr_wd", "optimizers"} <= set(spaces)
+    for name, path in spaces.items():
+        assert path.read_text().startswith("# "), name
+        space = sw.load_space(name)
+        assert space.description and space.params
+
+
+def test_conditional_parameter_is_sampled_only_when_its_condition_holds():
+    import optuna
+
+    space = sw.load_space("optimizers")
+    adam = sw.suggest(space, optuna.trial.FixedTrial({"optimizer": "adam", "optimizer.lr": 0.01}))
+    assert adam == {"optimizer": "adam", "optimizer.lr": 0.01}
+    sgd = sw.suggest(space, optuna.trial.FixedTrial({"optimizer": "sgd", "optimizer.lr": 0.1, "optimizer.momentum": 0.9}))
+    assert sgd["optimizer.momentum"] == 0.9
+    # the group choice comes before the fixed keys and the sampled keys
+    assert sw.overrides(space, ["optimizer.nesterov=true", "model=mlp"], sgd) == [
+        "model=mlp", "optimizer=sgd", "optimizer.nesterov=true", "optimizer.lr=0.1", "optimizer.momentum=0.9"]
+
+
+def test_otherwise_fixes_the_key_when_the_switch_is_off():
+    import optuna
+
+    space = sw.load_space("lr_wd")
+    off = sw.suggest(space, optuna.trial.FixedTrial({"optimizer.lr": 0.1, "decay": "off"}))
+    assert sw.overrides(space, [], off) == ["optimizer.lr=0.1", "optimizer.weight_decay=0.0"]
+    on = sw.suggest(space, optuna.trial.FixedTrial({"optimizer.lr": 0.1, "decay": "on", "optimizer.weight_decay": 1e-4}))
+    assert sw.overrides(space, [], on) == ["optimizer.lr=0.1", "optimizer.weight_decay=0.0001"]
+
+
+def test_int_step_and_list_choices_become_overrides():
+    import optuna
+
+    space = sw.parse_space({"params": {"trainer.batch_size": {"int": [32, 128], "step": 32},
+                                       "model.hidden": [[64], [128, 128]]}}, "t")
+    values = sw.suggest(space, optuna.trial.FixedTrial({"trainer.batch_size": 96, "model.hidden": "[128,128]"}))
+    assert sw.overrides(space, [], values) == ["trainer.batch_size=96", "model.hidden=[128,128]"]
+    assert sw.grid(space) == {"trainer.batch_size": [32, 64, 96, 128], "model.hidden": ["[64]", "[128,128]"]}
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"optimizer": ["sgd", "lbfgs"]}, "unknown choice 'lbfgs'"),
+    ({"optimizer.momentum": {"float": [0, 1], "when": {"optimizer": "sgd"}}}, "not a parameter declared before it"),
+    ({"optimizer": ["sgd"], "optimizer.momentum": {"float": [0, 1], "when": {"optimizer": "adam"}}}, "is not one of optimizer's choices"),
+    ({"optimizer.lr": {"float": [0.0, 1.0], "log": True}}, "log scale needs low > 0"),
+    ({"optimizer.lr": {"float": [1.0, 0.1]}}, "low must be < high"),
+    ({"optimizer.lr": {"float": [0.1, 1.0], "otherwise": 0.1}}, "`otherwise` needs a `when`"),
+    ({"optimizer.lr": {"uniform": [0.1, 1.0]}}, "exactly one of"),
+    ({"optimizer": {"float": [0.1, 1.0]}}, "a config group takes a list"),
+])
+def test_bad_space_names_the_parameter(params, expected):
+    with pytest.raises(ConfigError, match=expected):
+        sw.parse_space({"params": params}, "bad")
+
+
+def test_grid_refuses_a_continuous_parameter():
+    with pytest.raises(ConfigError, match="optimizer.lr is continuous"):
+        sw.grid(sw.load_space("lr_wd"))
+
+
+def test_passwords_are_masked():
+    url = "postgresql+psycopg://alice:s3cret@db.example:5432/dlexp"
+    assert sw.mask(url) == "postgresql+psycopg://alice:***@db.example:5432/dlexp"
+    assert "s3cret" not in sw.mask(f"could not connect: password s3cret refused for {url}", url)
+    assert sw.mask("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_storage_conventions(tmp_path):
+    assert sw.storage_target(None, tmp_path, "s") == ("rdb", f"sqlite:///{tmp_path.resolve()}/sweeps/s.db")
+    assert sw.storage_target(f"journal:{tmp_path}/j", tmp_path, "s") == ("journal", f"{tmp_path.resolve()}/j")
+    assert sw.storage_target(f"{tmp_path}/j.jsonl", tmp_path, "s")[0] == "journal"
+    assert sw.storage_target(f"{tmp_path}/x.db", tmp_path, "s") == ("rdb", f"sqlite:///{tmp_path.resolve()}/x.db")
+    assert sw.storage_target("postgresql+psycopg://u:p@h/d", tmp_path, "s") == ("rdb", "postgresql+psycopg://u:p@h/d")
+
+
+# --------------------------------------------------------------------------------------------------
+# bad input: one line on stderr, exit 2, before any trial
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["sweep=nope"], "sweep=nope: unknown search space; choose one of: "),
+    ([], "sweep=NAME: give one search space; choose one of: "),
+    (["sweep=lr_wd", "--sampler", "bayes"], "--sampler bayes: unknown; choose one of: tpe, random, grid, cmaes, qmc"),
+    (["sweep=lr_wd", "--pruner", "asha"], "--pruner asha: unknown"),
+    (["sweep=lr_wd", "--pruner", "wilcoxon"], "--pruner wilcoxon: compares per-fold scores, so it needs --cv K"),
+    (["sweep=lr_wd", "--metric", "val/rmse"], "--metric val/rmse: not a metric of digits (classification); choose one of: val/loss, val/acc"),
+    (["sweep=lr_wd", "--trials", "0"], "--trials: must be >= 1, got 0"),
+    (["sweep=lr_wd", "--sampler", "grid"], "--sampler grid: optimizer.lr is continuous"),
+    (["sweep=lr_wd", "optimizer.lr=0.1"], "optimizer.lr: fixed on the command line (optimizer.lr=0.1) and searched by sweep=lr_wd"),
+    (["sweep=lr_wd", "trainer.epochz=3"], "trainer.epochz: unknown key"),
+    (["sweep=lr_wd", "--storage", "postgresql+psycopg://bob:hunter22@127.0.0.1:1/x"], "bob:***@127.0.0.1:1/x"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path):
+    res = invoke(*args, f"results_dir={tmp_path}", "--quiet")
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], res.output
+    assert "hunter22" not in res.output
+    assert not [d for d in (tmp_path / "runs").glob("*") if d.is_dir()]
+
+
+# --------------------------------------------------------------------------------------------------
+# end to end
+
+
+def test_small_sweep_writes_runs_trials_table_and_a_best_config_dlexp_run_accepts(tmp_path):
+    import pandas as pd
+
+    from dlexp.cli import app as main_app
+
+    res = invoke("sweep=lr_wd", *FAST, f"results_dir={tmp_path}", "--trials", "4", "--study", "e2e", "--seed", "1")
+    assert res.exit_code == 0, res.output
+    sweeps = tmp_path / "sweeps"
+    table = pd.read_csv(sweeps / "e2e.trials.csv")
+    assert list(table.columns[:3]) == ["study", "trial", "state"]
+    assert {"optimizer.lr", "decay", "value", "duration_s"} <= set(table.columns)
+    assert len(table) == 4 and set(table.state) == {"COMPLETE"}
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 4
+    metrics = pd.read_csv(runs[0] / "metrics.csv")
+    assert set(metrics.study) == {"e2e"} and metrics.trial.nunique() == 1
+    meta = json.loads((runs[0] / "meta.json").read_text())
+    assert meta["sweep"]["study"] == "e2e"
+
+    best = sw.best_trial(__import__("optuna").load_study(study_name="e2e", storage=f"sqlite:///{sweeps / 'e2e.db'}"))
+    assert best.value == table.value.max()
+    import yaml
+
+    summary = yaml.safe_load((sweeps / "e2e.best.yaml").read_text())
+    assert summary["trial"] == best.number and summary["command"].startswith("dlexp run ")
+    # the experiment file reproduces the best trial's config exactly, with no other override
+    rerun = CliRunner().invoke(main_app, ["run", "--config-dir", str(sweeps), "experiment=e2e", "--cfg"])
+    assert rerun.exit_code == 0, rerun.output
+    best_cfg = (tmp_path / "runs" / summary["run_id"] / "config.yaml").read_text()
+    assert yaml.safe_load(rerun.stdout) == yaml.safe_load(best_cfg)
+    again = CliRunner().invoke(main_app, ["run", "--config-dir", str(sweeps), "experiment=e2e", "--quiet"])
+    assert again.exit_code == 0, again.output
+    rows = pd.read_csv(sorted((tmp_path / "runs").iterdir(), key=lambda p: p.stat().st_mtime)[-1] / "metrics.csv")
+    final = rows[(rows.split == "val") & (rows.metric == "acc")].value.iloc[-1]
+    assert final == pytest.approx(best.value, abs=1e-6)
+
+    # resume: the same command with --trials 6 adds exactly two
+    res = invoke("sweep=lr_wd", *FAST, f"results_dir={tmp_path}", "--trials", "6", "--study", "e2e", "--seed", "1", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert finished(study_trials(sweeps / "e2e.db")) == 6
+    res = invoke("sweep=lr_wd", *FAST, f"results_dir={tmp_path}", "--trials", "6", "--study", "e2e", "--quiet")
+    assert res.exit_code == 0 and len(study_trials(sweeps / "e2e.db")) == 6
+
+
+def test_same_seed_gives_the_same_sequence_of_trials(tmp_path):
+    import optuna
+
+    def params(study: str, seed: str):
+        res = invoke("sweep=optimizers", "trainer.epochs=1", "trainer.batch_size=512", "model.hidden=[16]",
+                     f"results_dir={tmp_path}", "--trials", "3", "--study", study, "--seed", seed, "--quiet")
+        assert res.exit_code == 0, res.output
+        s = optuna.load_study(study_name=study, storage=f"sqlite:///{tmp_path / 'sweeps' / (study + '.db')}")
+        return [t.params for t in s.trials]
+
+    first, second, other = params("a", "7"), params("b", "7"), params("c", "8")
+    assert first == second
+    assert first != other
+
+
+def test_a_diverged_trial_is_pruned_with_its_reason_and_the_sweep_goes_on(tmp_path):
+    (tmp_path / "conf" / "sweep").mkdir(parents=True)
+    (tmp_path / "conf" / "sweep" / "wild.yaml").write_text(
+        "# lr so large that SGD diverges, or sane\nparams:\n  optimizer.lr: [1.0e+12, 0.1]\n")
+    res = invoke("sweep=wild", *FAST, f"results_dir={tmp_path}", "--config-dir", str(tmp_path / "conf"),
+                 "--trials", "4", "--sampler", "grid", "--study", "wild", "--pruner", "none")
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "sweeps" / "wild.trials.csv")
+    diverged = table[table["optimizer.lr"] > 1]
+    assert len(diverged) >= 1 and set(diverged.state) == {"PRUNED"}
+    assert diverged.reason.str.contains("train loss became nan").all()
+    assert (table[table["optimizer.lr"] < 1].state == "COMPLETE").all()
+    assert len(table) == 2  # the grid has two points: the sweep stops there, short of --trials 4
+    assert "grid is exhausted" in res.output
+
+
+def test_a_pruned_run_says_pruned_in_its_summary(tmp_path):
+    import optuna
+
+    from dlexp import config
+    from dlexp.cli.sweep import _objective
+
+    space = sw.load_space("lr_wd")
+    plan = dict(argv=["dlexp", "sweep"], study="p", space=space, target="sqlite:///x.db", metric="val/acc", direction="maximize",
+                trials=1, fixed=[*FAST, f"results_dir={tmp_path}"], config_dir=None, cv=None, pruner="median")
+    objective = _objective(plan)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))  # prunes every epoch
+    study.enqueue_trial({"optimizer.lr": 0.1, "decay": "off"})
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state.name == "PRUNED" and trial.user_attrs["epochs"] == 1
+    summary = json.loads((tmp_path / "runs" / trial.user_attrs["run_id"] / "summary.json").read_text())
+    assert summary["status"] == "pruned" and "pruned after epoch 1" in summary["reason"]
+    assert config.compose(trial.user_attrs["overrides"]).optimizer.lr == 0.1
+
+
+# --------------------------------------------------------------------------------------------------
+# several processes
+
+
+def _spawn(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", HARNESS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, **kw)
+
+
+def test_concurrent_sqlite_workers_finish_exactly_n_trials_without_lock_errors(tmp_path):
+    args = ["sweep=lr_wd", "trainer.epochs=1", "trainer.batch_size=512", "model.hidden=[16]", f"results_dir={tmp_path}",
+            "--trials", "8", "--study", "conc", "--quiet"]
+    procs = [_spawn(args + ["--seed", str(i)] + (["--jobs", "2"] if i == 0 else [])) for i in range(3)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for p, (o, e) in zip(procs, outputs):
+        assert p.returncode == 0, o + e
+        assert "locked" not in (o + e).lower()
+    rows = study_trials(tmp_path / "sweeps" / "conc.db")
+    assert finished(rows) == 8
+    assert not [r for r in rows if r[1] in ("RUNNING", "WAITING")]
+    runs = [json.loads((d / "summary.json").read_text()) for d in (tmp_path / "runs").iterdir()]
+    numbers = sorted(r["trial"] for r in runs if r["status"] in ("ok", "pruned", "diverged"))
+    assert numbers == sorted({n for n, s in rows if s in ("COMPLETE", "PRUNED")})  # one run per finished trial
+
+
+def test_a_killed_worker_s_trial_is_retried_and_the_study_finishes(tmp_path):
+    args = ["sweep=lr_wd", "trainer.epochs=40", "trainer.batch_size=128", "model.hidden=[32]", f"results_dir={tmp_path}",
+            "--trials", "2", "--study", "kill", "--heartbeat", "1", "--pruner", "none", "--quiet"]
+    db = tmp_path / "sweeps" / "kill.db"
+    proc = _spawn(args)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until a trial is running and has trained an epoch or two
+        if db.exists() and any(s == "RUNNING" for _, s in study_trials(db)) and len(list((tmp_path / "runs").glob("*/metrics.csv"))):
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("no trial started: " + "".join(proc.communicate()))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert any(s == "RUNNING" for _, s in study_trials(db))
+    # the same command again, shorter trials are not possible (same study), so keep it small: 40 epochs of 11 steps
+    rerun = subprocess.run([sys.executable, "-c", HARNESS, *args], capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    rows = study_trials(db)
+    assert finished(rows) == 2
+    assert [s for _, s in rows].count("FAIL") == 1 and "RUNNING" not in [s for _, s in rows]
