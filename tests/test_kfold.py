@@ -395,6 +395,37 @@ def test_an_existing_study_is_refused_and_left_untouched(cli, results_dir):
     assert after == before  # no new run, the first study's files byte for byte
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a fold whose training raises aborts the whole study: runner.execute records the run as "
+    "'failed' and re-raises (runner.py:114), run_fold (kfold.py:136) and _run_study (cli/kfold.py:140, "
+    "153) do not catch it, so the later folds never train, folds.csv lacks the failed fold, summary.csv "
+    "and study.json are not written and the exception escapes; _rank's failed count and the exit code 1 "
+    "for a failed fold (cli/kfold.py:179) are unreachable. `dlexp run -m` records the failure and goes on."))
+def test_a_fold_that_crashes_is_recorded_as_failed_and_the_study_goes_on(cli, results_dir, monkeypatch):
+    import dlexp.train
+
+    real = dlexp.train.train
+    calls = {"n": 0}
+
+    def crash_second_fold(cfg, splits, *, on_start, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # a crash mid-training: the run folder exists, then the loop raises
+            on_start(torch.device("cpu"))
+            raise RuntimeError("simulated crash")
+        return real(cfg, splits, on_start=on_start, **kw)
+
+    monkeypatch.setattr(dlexp.train, "train", crash_second_fold)
+    res = cli("kfold", *DIGITS, f"results_dir={results_dir}", "--folds", "3", "--study", "crash", "-q")
+    assert "Traceback" not in res.output
+    assert res.exit_code == 1, res.output
+    d = results_dir / "kfold" / "crash"
+    folds = pd.read_csv(d / "folds.csv").sort_values("fold")
+    assert folds["status"].tolist() == ["ok", "failed", "ok"]
+    assert math.isnan(folds["score"].iloc[1])
+    assert pd.read_csv(d / "summary.csv")["failed"].tolist() == [1]
+    assert (d / "study.json").is_file()
+
+
 # ---- --jobs -------------------------------------------------------------------------------------
 
 
