@@ -535,7 +535,8 @@ class Objective:
 
         columns = {"study": self.study_name, "trial": trial.number}
         try:
-            res = kfold.cross_validate(cfg, source, folds, metric=self.metric, extra_columns=columns, on_fold=on_fold)
+            res = kfold.cross_validate(cfg, source, folds, metric=self.metric, extra_columns=columns,
+                                       extra_meta=self.extra_meta, on_fold=on_fold)
         except optuna.TrialPruned as e:
             trial.set_user_attr("status", "pruned")
             trial.set_user_attr("reason", str(e))

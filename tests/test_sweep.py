@@ -211,6 +211,18 @@ def test_small_sweep_writes_runs_trials_table_and_a_best_config_dlexp_run_accept
     assert res.exit_code == 0 and len(study_trials(sweeps / "e2e.db")) == 6
 
 
+def test_cv_optimizes_the_mean_over_folds_with_one_run_per_fold(tmp_path):
+    import pandas as pd
+
+    res = invoke("sweep=lr_wd", "trainer.epochs=1", "trainer.batch_size=512", "model.hidden=[16]", f"results_dir={tmp_path}",
+                 "--trials", "2", "--cv", "2", "--pruner", "wilcoxon", "--study", "cv", "--quiet")
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(tmp_path / "sweeps" / "cv.trials.csv")
+    assert len(table) == 2 and set(table.state) == {"COMPLETE"}
+    runs = [json.loads((d / "summary.json").read_text()) for d in (tmp_path / "runs").iterdir()]
+    assert sorted(r["trial"] for r in runs) == [0, 0, 1, 1]
+
+
 def test_same_seed_gives_the_same_sequence_of_trials(tmp_path):
     import optuna
 
