@@ -72,7 +72,7 @@ def expand(overrides: Iterable[str], multirun: bool) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise ConfigError(_first_line(f"bad override: {e}")) from None
+        raise _parse_error(overrides, e) from None
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise ConfigError(f"{sweeps[0].get_key_element()}: a sweep ({sweeps[0].input_line}) needs -m/--multirun")
@@ -90,6 +90,21 @@ def expand(overrides: Iterable[str], multirun: bool) -> list[list[str]]:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0]
+
+
+def _parse_error(overrides: list[str], error: Exception) -> ConfigError:
+    """A grammar error, naming the key of the first override that does not parse."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_overrides([o])
+        except HydraException as e:
+            key = o.split("=", 1)[0] if "=" in o else o
+            return ConfigError(f"{key}: cannot parse {o!r}: {_first_line(str(e))}")
+    return ConfigError(_first_line(f"bad override: {error}"))
 
 
 def _parsed(overrides: list[str]):
@@ -117,14 +132,30 @@ def _compose(overrides: list[str], config_dir) -> Any:
     from hydra.errors import HydraException
 
     dirs = search_dirs(config_dir)
-    extra = []
-    if config_dir is not None:
-        extra = [f"hydra.searchpath=[file://{dirs[0]}]"]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(dirs[-1]), version_base="1.3", job_name="dlexp"):
-            return compose("config", overrides=overrides + extra)
-    except HydraException as e:
+            if config_dir is not None:
+                # The user's folder must come BEFORE dlexp's own so that its files shadow ours.
+                # `hydra.searchpath` would append it after the primary folder, so prepend it to the
+                # loader's search path instead (Hydra has no public API for this).
+                loader = GlobalHydra.instance().config_loader()
+                loader.config_search_path.prepend("dlexp-user", f"file://{dirs[0]}")
+                loader.repository.initialize_sources(loader.config_search_path)
+            return compose("config", overrides=overrides)
+    except Exception as e:
+        import yaml
+        from omegaconf.errors import OmegaConfBaseException
+
+        if isinstance(e, yaml.YAMLError):
+            # a broken YAML file (a user's --config-dir): one line, with the file and the line number
+            where = getattr(e, "problem_mark", None)
+            place = f" ({where.name}, line {where.line + 1})" if where is not None else ""
+            raise ConfigError(f"config file{place}: {getattr(e, 'problem', None) or _first_line(str(e))}") from None
+        if isinstance(e, OmegaConfBaseException) and not isinstance(e, HydraException):
+            raise ConfigError(_first_line(f"config: {e}")) from None
+        if not isinstance(e, HydraException):
+            raise
         message = str(e)
         m = re.search(r"Could not override '([^']+)'", message)
         if m:
@@ -160,7 +191,7 @@ def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None)
     try:
         parsed = _parsed(overrides)
     except HydraException as e:
-        raise ConfigError(_first_line(f"bad override: {e}")) from None
+        raise _parse_error(overrides, e) from None
     for o in parsed:
         if o.is_sweep_override():
             raise ConfigError(f"{o.get_key_element()}: a sweep ({o.input_line}) needs -m/--multirun")

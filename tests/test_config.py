@@ -169,10 +169,6 @@ def test_out_of_range_values_are_refused_naming_the_key(override, key):
         compose([override])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: dlexp/config.py _compose adds --config-dir as hydra.searchpath, which Hydra searches AFTER the "
-    "primary (shipped) conf/, so a user's optimizer/sgd.yaml is ignored by compose while choices() and "
-    "`dlexp list` show the user's file (search_dirs promises the user's folder first)"))
 def test_users_config_dir_shadows_a_shipped_choice(tmp_path, results_dir):
     (tmp_path / "optimizer").mkdir()
     sgd = (CONF / "optimizer" / "sgd.yaml").read_text().replace("lr: 0.1", "lr: 0.0123")

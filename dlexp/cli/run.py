@@ -32,10 +32,11 @@ def run(
         grid = config.expand(overrides, multirun)
         cfgs = [config.compose(o, config_dir) for o in grid]  # every point checked before any run starts
         if cfg:
+            # plain stdout, not rich: rich wraps long lines, which would break the YAML
             for o, c in zip(grid, cfgs):
                 if len(grid) > 1:
-                    out.print(f"# {' '.join(o)}", markup=False)
-                out.print(config.to_yaml(c), markup=False, end="")
+                    typer.echo(f"# {' '.join(o)}")
+                typer.echo(config.to_yaml(c), nl=False)
             return
         from dlexp.results import check_writable
 
