@@ -282,8 +282,10 @@ STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
 def study_name(sweep: str, fixed: list[str], metric: str, cv: int | None) -> str:
-    """`<sweep>-<hash>`: the same command (fixed overrides, metric, --cv) names the same study, so it resumes."""
-    key = "\n".join([*sorted(fixed), f"metric={metric}", f"cv={cv or 0}"])
+    """`<sweep>-<hash>`: the same command (fixed overrides, metric, --cv) names the same study, so it resumes.
+    `results_dir=` is left out: it says where results go, not what is trained."""
+    kept = [o for o in fixed if _key(o) != "results_dir"]
+    key = "\n".join([*sorted(kept), f"metric={metric}", f"cv={cv or 0}"])
     return f"{sweep}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 

@@ -223,6 +223,17 @@ def test_cv_optimizes_the_mean_over_folds_with_one_run_per_fold(tmp_path):
     assert sorted(r["trial"] for r in runs) == [0, 0, 1, 1]
 
 
+def test_a_journal_file_storage_works(tmp_path):
+    import optuna
+
+    journal = tmp_path / "study.jsonl"
+    res = invoke("sweep=lr_wd", "trainer.epochs=1", "trainer.batch_size=512", "model.hidden=[16]", f"results_dir={tmp_path}",
+                 "--trials", "2", "--storage", str(journal), "--study", "j", "--quiet")
+    assert res.exit_code == 0, res.output
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    assert [t.state.name for t in optuna.load_study(study_name="j", storage=storage).trials] == ["COMPLETE"] * 2
+
+
 def test_same_seed_gives_the_same_sequence_of_trials(tmp_path):
     import optuna
 
@@ -238,21 +249,23 @@ def test_same_seed_gives_the_same_sequence_of_trials(tmp_path):
     assert first != other
 
 
-def test_a_diverged_trial_is_pruned_with_its_reason_and_the_sweep_goes_on(tmp_path):
+def test_diverged_trials_are_pruned_and_bad_values_fail_with_their_reason_and_the_sweep_goes_on(tmp_path):
     (tmp_path / "conf" / "sweep").mkdir(parents=True)
     (tmp_path / "conf" / "sweep" / "wild.yaml").write_text(
-        "# lr so large that SGD diverges, or sane\nparams:\n  optimizer.lr: [1.0e+12, 0.1]\n")
+        "# lr so large that SGD diverges, sane, or invalid\nparams:\n  optimizer.lr: [1.0e+12, 0.1, -1.0]\n")
     res = invoke("sweep=wild", *FAST, f"results_dir={tmp_path}", "--config-dir", str(tmp_path / "conf"),
                  "--trials", "4", "--sampler", "grid", "--study", "wild", "--pruner", "none")
     assert res.exit_code == 0, res.output
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "sweeps" / "wild.trials.csv")
+    failed = table[table["optimizer.lr"] < 0]
+    assert list(failed.state) == ["FAIL"] and "optimizer.lr: must be > 0" in failed.reason.iloc[0]
     diverged = table[table["optimizer.lr"] > 1]
     assert len(diverged) >= 1 and set(diverged.state) == {"PRUNED"}
     assert diverged.reason.str.contains("train loss became nan").all()
-    assert (table[table["optimizer.lr"] < 1].state == "COMPLETE").all()
-    assert len(table) == 2  # the grid has two points: the sweep stops there, short of --trials 4
+    assert list(table[table["optimizer.lr"] == 0.1].state) == ["COMPLETE"]
+    assert len(table) == 3  # the grid has three points: the sweep stops there, short of --trials 4
     assert "grid is exhausted" in res.output
 
 
