@@ -327,3 +327,51 @@ def flatten(cfg, prefix: str = "") -> dict[str, Any]:
 
 def product(*lists: list[str]) -> list[list[str]]:
     return [list(p) for p in itertools.product(*lists)]
+
+
+def _find_targets(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        found = [f"{prefix}{k}" for k in node if k == "_target_"]
+        for k, v in node.items():
+            found += _find_targets(v, f"{prefix}{k}.")
+        return found
+    if isinstance(node, list):
+        return [t for i, v in enumerate(node) for t in _find_targets(v, f"{prefix}{i}.")]
+    return []
+
+
+def load_run_config(path: str | Path) -> Any:
+    """A config saved in a results folder (for --resume), checked like a composed one.
+
+    dlexp builds objects only through its registries (model, dataset, optimizer, schedule names); a
+    config file from a results folder that asks for anything else, such as a Hydra `_target_`
+    pointing at arbitrary code, is refused.
+    """
+    import yaml
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the run's config: {_first_line(str(e))}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a config mapping")
+    targets = _find_targets(data)
+    if targets:
+        raise ConfigError(f"{targets[0]}: refused in {path}: dlexp only builds its own registered classes")
+    for group in ("model", "dataset", "optimizer", "schedule", "trainer"):
+        if not isinstance(data.get(group), dict):
+            raise ConfigError(f"{group}: missing from {path}")
+    from dlexp.data import DATASETS
+    from dlexp.models import MODELS
+    from dlexp.optim import OPTIMIZERS
+    from dlexp.schedules import SCHEDULES
+
+    for group, registry in (("model", MODELS), ("dataset", DATASETS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        name = data[group].get("name")
+        if name not in registry:
+            raise ConfigError(f"{group}.name: {name!r} in {path} is not one of dlexp's: {', '.join(sorted(registry))}")
+    cfg = OmegaConf.create(data)
+    validate(cfg)
+    return cfg

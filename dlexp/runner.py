@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import os
 import platform
 import sys
 import time
@@ -39,6 +41,22 @@ def meta(cfg, device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return info
 
 
+def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """A run's last checkpoint, loaded with weights_only=True (tensors and plain data only: a
+    checkpoint file cannot run code)."""
+    import torch
+
+    from dlexp.errors import ConfigError
+
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {run_dir} has no checkpoint.pt (no epoch finished, or checkpoints were off)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, garbage, or not a plain-data checkpoint
+        raise ConfigError(f"--resume: cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
 def execute(
     cfg,
     splits,
@@ -48,6 +66,8 @@ def execute(
     on_epoch: Callable[[int, list[dict[str, Any]]], None] | None = None,
     on_finish: Callable[[Any], None] | None = None,
     progress: Any = None,
+    resume_dir: str | Path | None = None,
+    checkpoints: bool = True,
 ) -> tuple[str | None, dict[str, Any]]:
     """Train one config and write its run folder. Returns (run_id, summary).
 
@@ -55,6 +75,9 @@ def execute(
     recorded as status `failed` with its reason, then re-raised; divergence and Ctrl-C are
     statuses, not exceptions (Ctrl-C is re-raised after the files are written).
     `on_finish(result)` receives the loop's Result (with the trained model) once the files are written.
+
+    With `checkpoints`, `checkpoint.pt` is rewritten atomically after every epoch; `resume_dir`
+    continues such a run in its own folder from its last checkpoint (see `load_checkpoint`).
     """
     import torch
 
@@ -63,12 +86,31 @@ def execute(
     state: dict[str, Any] = {"run_id": None, "path": None, "started": time.perf_counter()}
     extra_columns = extra_columns or {}
 
+    resume = None
+    if resume_dir is not None:
+        resume = load_checkpoint(resume_dir)
+
     def on_start(device) -> str:
+        if resume_dir is not None:
+            path = Path(resume_dir)
+            info = json.loads((path / "meta.json").read_text())
+            info.setdefault("resumed", []).append(
+                {"at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "from_epoch": resume["epoch"], "command": sys.argv}
+            )
+            results.write_json(path / "meta.json", info)
+            (path / "summary.json").unlink(missing_ok=True)  # the run is live again
+            state.update(run_id=path.name, path=path, started=time.perf_counter() - float(resume["elapsed"]))
+            return path.name
         run_id, path = results.new_run_dir(cfg.results_dir, cfg.name)
         state.update(run_id=run_id, path=path, started=time.perf_counter())
         results.atomic_write(path / "config.yaml", to_yaml(cfg))
         results.write_json(path / "meta.json", meta(cfg, device, extra_meta))
         return run_id
+
+    def on_checkpoint(ckpt) -> None:
+        tmp = state["path"] / ".checkpoint.pt.tmp"
+        torch.save(ckpt, tmp)
+        os.replace(tmp, state["path"] / "checkpoint.pt")
 
     def write_metrics(records) -> None:
         rows = [{**r, **extra_columns} for r in records]
@@ -95,7 +137,10 @@ def execute(
         return summary
 
     try:
-        res = train(cfg, splits, on_start=on_start, on_epoch=epoch_hook, progress=progress)
+        res = train(
+            cfg, splits, on_start=on_start, on_epoch=epoch_hook, progress=progress, resume=resume,
+            on_checkpoint=on_checkpoint if checkpoints else None,
+        )
     except BaseException as e:
         if state["path"] is None:
             raise  # nothing written yet: bad input, or a crash before the first epoch

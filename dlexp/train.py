@@ -147,13 +147,18 @@ def train(
     run_id: str = "",
     on_start: Callable[[torch.device], str] | None = None,
     on_epoch: Callable[[int, list[dict[str, Any]]], None] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
     progress: Any = None,
 ) -> Result:
     """Train `cfg.model` on `splits` with `cfg.optimizer` and `cfg.schedule` for `cfg.trainer.epochs`.
 
     `on_start(device) -> run_id` is called once everything is built and checked, just before the first
     epoch, so that a bad input never leaves a half-made run folder behind. `on_epoch(epoch, records_so_far)` is called after every epoch (to write files, report to a
-    pruner; it may raise to stop the run). `progress` is a rich Progress or None.
+    pruner; it may raise to stop the run). `on_checkpoint(state)` receives, after every epoch, all
+    that is needed to continue exactly (model, optimizer, step, RNG states, records): see `checkpoint_state`.
+    `resume` is such a state: training continues with the epoch after it, bit-identically on the same
+    device in deterministic mode. `progress` is a rich Progress or None.
     """
     device = resolve_device(cfg.trainer.device)
     seed_everything(int(cfg.seed), bool(cfg.trainer.deterministic))
@@ -182,12 +187,18 @@ def train(
     if on_start is not None:
         run_id = on_start(device)
     records: list[dict[str, Any]] = []
-    step, status, reason, epoch = 0, "ok", None, 0
-    start = time.perf_counter()
-    task = progress.add_task("epochs", total=epochs) if progress is not None else None
+    step, status, reason, epoch, first_epoch, offset = 0, "ok", None, 0, 1, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        records, step, first_epoch = list(resume["records"]), int(resume["step"]), int(resume["epoch"]) + 1
+        offset = float(resume["elapsed"])
+        restore_rng(resume["rng"], shuffle, device)
+    start = time.perf_counter() - offset
+    task = progress.add_task("epochs", total=epochs, completed=first_epoch - 1) if progress is not None else None
     lr = base_lr
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first_epoch, epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
             running = _Accumulator(device, splits.task, splits.positive_target)
@@ -236,15 +247,49 @@ def train(
                 status, reason = "diverged", f"train loss became {values['train']['loss']} in epoch {epoch}"
             if on_epoch is not None:
                 on_epoch(epoch, records)
+            if on_checkpoint is not None and status == "ok":
+                on_checkpoint(checkpoint_state(epoch, step, model, optimizer, shuffle, records, time.perf_counter() - start))
             if status == "diverged":
                 break
     except KeyboardInterrupt:
         status, reason = "interrupted", f"interrupted in epoch {epoch}"
-    completed = epoch if status in ("ok", "diverged") else epoch - 1
+    completed = epoch if status in ("ok", "diverged") else max(epoch - 1, first_epoch - 1)
     return Result(
         status=status, records=records, model=model, epochs_completed=completed, steps=step,
         duration_s=time.perf_counter() - start, reason=reason, device=str(device),
     )
+
+
+def checkpoint_state(epoch, step, model, optimizer, shuffle, records, elapsed) -> dict[str, Any]:
+    """Everything needed to continue after `epoch` exactly. Only tensors, numbers, strings, lists and
+    dicts, so that it loads with torch.load(weights_only=True)."""
+    np_state = np.random.get_state()
+    return {
+        "epoch": epoch,
+        "step": step,
+        "elapsed": elapsed,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "records": [dict(r) for r in records],
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "shuffle": shuffle.get_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        },
+    }
+
+
+def restore_rng(rng: dict[str, Any], shuffle: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    shuffle.set_state(rng["shuffle"])
+    name, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = rng["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 def summarize(records: list[dict[str, Any]], higher_is_better=("acc",)) -> dict[str, dict[str, float]]:

@@ -16,6 +16,7 @@ def run(
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Runs at once, each in its own process (with -m).")] = 1,
     cfg: Annotated[bool, typer.Option("--cfg", help="Print the composed config(s) and exit.")] = False,
     config_dir: Annotated[Optional[str], typer.Option("--config-dir", help="A folder of your own configs, searched before dlexp's.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue RUN_ID (or a run folder) from its last epoch checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")] = False,
 ) -> None:
@@ -29,6 +30,8 @@ def run(
     with user_errors(debug):
         if jobs < 1:
             raise config.ConfigError(f"--jobs: must be >= 1, got {jobs}")
+        if resume is not None:
+            raise typer.Exit(_resume(resume, overrides, quiet))
         grid = config.expand(overrides, multirun)
         cfgs = [config.compose(o, config_dir) for o in grid]  # every point checked before any run starts
         if cfg:
@@ -47,6 +50,42 @@ def run(
         else:
             status = _grid(grid, cfgs, jobs, config_dir, quiet)
     raise typer.Exit(status)
+
+
+def _resume(resume: str, overrides: list[str], quiet: bool) -> int:
+    """Continue a run in its own folder from its last checkpoint: same config, same seed, same data."""
+    from pathlib import Path
+
+    from dlexp import config
+    from dlexp.data import load_splits
+    from dlexp.runner import execute, load_checkpoint
+
+    extra = [o for o in overrides if not o.startswith("results_dir=")]
+    if extra:
+        raise config.ConfigError(f"--resume: takes no overrides (the run keeps its own config); got {' '.join(extra)}")
+    results_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("results_dir=")), "results")
+    run_dir = Path(resume) if Path(resume).is_dir() else Path(results_dir) / "runs" / resume
+    if not (run_dir / "config.yaml").is_file():
+        raise config.ConfigError(f"--resume: no run {resume!r} under {Path(results_dir) / 'runs'}")
+    cfg = config.load_run_config(run_dir / "config.yaml")
+    done = load_checkpoint(run_dir)["epoch"]
+    if done >= int(cfg.trainer.epochs) and (run_dir / "summary.json").is_file():
+        out.print(f"run {run_dir.name} already finished its {cfg.trainer.epochs} epochs; nothing to resume", markup=False)
+        return 0
+    err.print(f"resuming {run_dir.name} after epoch {done} of {cfg.trainer.epochs}", markup=False)
+    splits = load_splits(cfg.dataset)
+    bar = progress_bar(quiet)
+    try:
+        if bar is not None:
+            with bar:
+                run_id, summary = execute(cfg, splits, progress=bar, resume_dir=run_dir)
+        else:
+            run_id, summary = execute(cfg, splits, resume_dir=run_dir)
+    except KeyboardInterrupt:
+        err.print("interrupted: the run is marked 'interrupted' and its metrics so far are kept")
+        return 130
+    _print_summary(cfg, run_id, summary)
+    return _exit_code([summary["status"]])
 
 
 def _exit_code(statuses: list[str]) -> int:
