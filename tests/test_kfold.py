@@ -374,8 +374,10 @@ def bad_cases(tmp_csv: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("case", list(bad_cases(Path("x"))))
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli, results_dir, tmp_path, data_env, case):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli, results_dir, tmp_path, request, case):
     args = bad_cases(small_csv(tmp_path))[case]
+    if "dataset=house_prices" in args:
+        request.getfixturevalue("data_env")  # the only case that needs the shared data
     res = cli("kfold", *args, f"results_dir={results_dir}")
     assert res.exit_code == 2, res.output
     lines = res.stderr.strip().splitlines()
