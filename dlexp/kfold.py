@@ -133,7 +133,12 @@ def run_fold(cfg, source: Source, fold: Fold, *, metric: str, at: str = "final",
 
     cols = {**(extra_columns or {}), "repeat": fold.repeat, "fold": fold.index}
     t0 = time.perf_counter()
-    run_id, summary = execute(cfg, fold_splits(source, fold), extra_columns=cols, extra_meta=extra_meta, on_epoch=on_epoch)
+    # A fold that crashes is recorded as failed and the study goes on (its mean becomes nan). With an
+    # on_epoch hook (a sweep's pruner raising TrialPruned, say) exceptions must reach the caller.
+    run_id, summary = execute(
+        cfg, fold_splits(source, fold), extra_columns=cols, extra_meta=extra_meta, on_epoch=on_epoch,
+        reraise=on_epoch is not None,
+    )
     train_metric = "train/" + metric.split("/", 1)[1]
     return run_id, summary["status"], score_of(summary, metric, at), score_of(summary, train_metric, "final"), time.perf_counter() - t0
 

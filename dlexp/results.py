@@ -22,27 +22,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from dlexp.atomic import atomic_write  # noqa: F401  (re-exported: results.atomic_write)
+
 METRIC_COLUMNS = ["run_id", "epoch", "step", "split", "metric", "value", "time_s"]
 STATUSES = ("ok", "diverged", "interrupted", "failed")
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import sys
 import time
@@ -41,6 +40,20 @@ def meta(cfg, device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return info
 
 
+class ResultsWriteError(OSError):
+    """A results file could not be written (full disk, lost permission): one line for the user."""
+
+
+def _to_bytes(obj) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     """A run's last checkpoint, loaded with weights_only=True (tensors and plain data only: a
     checkpoint file cannot run code)."""
@@ -68,6 +81,7 @@ def execute(
     progress: Any = None,
     resume_dir: str | Path | None = None,
     checkpoints: bool = True,
+    reraise: bool = True,
 ) -> tuple[str | None, dict[str, Any]]:
     """Train one config and write its run folder. Returns (run_id, summary).
 
@@ -76,6 +90,8 @@ def execute(
     statuses, not exceptions (Ctrl-C is re-raised after the files are written).
     `on_finish(result)` receives the loop's Result (with the trained model) once the files are written.
 
+    With `reraise=False`, an exception during training (other than Ctrl-C and failed writes) is
+    recorded and returned as a `failed` summary instead, so that a study can go on without it.
     With `checkpoints`, `checkpoint.pt` is rewritten atomically after every epoch; `resume_dir`
     continues such a run in its own folder from its last checkpoint (see `load_checkpoint`).
     """
@@ -108,9 +124,8 @@ def execute(
         return run_id
 
     def on_checkpoint(ckpt) -> None:
-        tmp = state["path"] / ".checkpoint.pt.tmp"
-        torch.save(ckpt, tmp)
-        os.replace(tmp, state["path"] / "checkpoint.pt")
+        # serialized in memory first: torch.save on a full disk raises RuntimeError, atomic_write OSError
+        results.atomic_write(state["path"] / "checkpoint.pt", _to_bytes(ckpt))
 
     def write_metrics(records) -> None:
         rows = [{**r, **extra_columns} for r in records]
@@ -153,13 +168,23 @@ def execute(
             with open(metrics, newline="") as f:
                 records = [{**r, "epoch": int(r["epoch"]), "value": float(r["value"])} for r in csv.DictReader(f)]
         reason = f"{type(e).__name__}: {e}" if status == "failed" else "interrupted"
-        finish(status, reason, records, max((r["epoch"] for r in records), default=0), None)
-        if status == "failed":
-            (state["path"] / "error.txt").write_text(traceback.format_exc())
+        summary = None
+        try:
+            summary = finish(status, reason, records, max((r["epoch"] for r in records), default=0), None)
+            if status == "failed":
+                (state["path"] / "error.txt").write_text(traceback.format_exc())
+        except OSError:
+            pass  # the disk that failed us may refuse this too; the files already there stay intact
+        if isinstance(e, OSError):
+            raise ResultsWriteError(f"results_dir: writing to {state['path']} failed: {e.strerror or e}; earlier files are intact") from e
+        if not reraise and status == "failed" and summary is not None and isinstance(e, Exception):
+            return state["run_id"], summary
         raise
-    summary = finish(res.status, res.reason, res.records, res.epochs_completed, res.steps)
-    torch.save(res.model.state_dict(), state["path"] / ".model.pt.tmp")
-    Path(state["path"] / ".model.pt.tmp").replace(state["path"] / "model.pt")
+    try:
+        summary = finish(res.status, res.reason, res.records, res.epochs_completed, res.steps)
+        results.atomic_write(state["path"] / "model.pt", _to_bytes(res.model.state_dict()))
+    except OSError as e:
+        raise ResultsWriteError(f"results_dir: writing to {state['path']} failed: {e.strerror or e}; earlier files are intact") from e
     if on_finish is not None:
         on_finish(res)
     if res.status == "interrupted":

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from dlexp.data import Source
-from dlexp.data.cache import atomic_write
+from dlexp.atomic import atomic_write
 from dlexp.errors import ConfigError
 
 

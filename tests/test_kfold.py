@@ -397,12 +397,6 @@ def test_an_existing_study_is_refused_and_left_untouched(cli, results_dir):
     assert after == before  # no new run, the first study's files byte for byte
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a fold whose training raises aborts the whole study: runner.execute records the run as "
-    "'failed' and re-raises (the bare `raise` closing execute's except block), run_fold (kfold.py:136) and _run_study (cli/kfold.py:140, "
-    "153) do not catch it, so the later folds never train, folds.csv lacks the failed fold, summary.csv "
-    "and study.json are not written and the exception escapes; _rank's failed count and the exit code 1 "
-    "for a failed fold (cli/kfold.py:179) are unreachable. `dlexp run -m` records the failure and goes on."))
 def test_a_fold_that_crashes_is_recorded_as_failed_and_the_study_goes_on(cli, results_dir, monkeypatch):
     import dlexp.train
 

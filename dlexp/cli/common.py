@@ -25,12 +25,18 @@ def user_errors(debug: bool) -> Iterator[None]:
     """Turn ConfigError (and other bad-input errors) into one line and exit 2; --debug shows the traceback."""
     from dlexp.errors import ConfigError
 
+    from dlexp.runner import ResultsWriteError
+
     try:
         yield
     except ConfigError as e:
         if debug:
             raise
         raise fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    except ResultsWriteError as e:  # a write failed mid-run (full disk): exit 1, not a traceback
+        if debug:
+            raise
+        raise fail(str(e), code=1) from None
 
 
 def progress_bar(quiet: bool):

@@ -179,9 +179,10 @@ def _grid(grid: list[list[str]], cfgs: list, jobs: int, config_dir: Optional[str
                 break
             except Exception as e:
                 from dlexp.errors import ConfigError
+                from dlexp.runner import ResultsWriteError
 
-                if isinstance(e, ConfigError):
-                    raise
+                if isinstance(e, (ConfigError, ResultsWriteError)):
+                    raise  # bad input, or a results folder that can no longer be written: stop the grid
                 run_id, summary = None, {"status": "failed", "reason": f"{type(e).__name__}: {e}", "final": {}, "duration_s": 0.0}
             report(o, run_id, summary)
     else:

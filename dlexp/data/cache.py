@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from dlexp.atomic import atomic_write
 
 
 def cache_root() -> Path:
@@ -25,20 +26,6 @@ def cache_root() -> Path:
 
 def cache_dir(folder: str) -> Path:
     return cache_root() / folder
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temporary path next to `path`, then rename it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)  # atomic on POSIX within one file system
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def file_digest(path: Path, algo: str, chunk: int = 1 << 20) -> str:
