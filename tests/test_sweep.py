@@ -102,6 +102,36 @@ def test_int_step_and_list_choices_become_overrides():
     assert sw.grid(space) == {"trainer.batch_size": [32, 64, 96, 128], "model.hidden": ["[64]", "[128,128]"]}
 
 
+@pytest.mark.parametrize("name, fixed, params", [
+    ("optimizers", ["model.hidden=[16]"], {"optimizer": "sgd", "optimizer.lr": 0.3, "optimizer.momentum": 0.9}),
+    ("optimizers", ["trainer.epochs=3"], {"optimizer": "rmsprop", "optimizer.lr": 1e-3}),
+    ("lr_wd", ["optimizer=adamw"], {"optimizer.lr": 0.1, "decay": "off"}),
+    ("lr_wd", [], {"optimizer.lr": 0.1, "decay": "on", "optimizer.weight_decay": 1e-5}),
+])
+def test_the_fast_composer_gives_what_config_compose_gives(name, fixed, params):
+    import optuna
+    from omegaconf import OmegaConf
+
+    from dlexp import config
+
+    space = sw.load_space(name)
+    values = sw.suggest(space, optuna.trial.FixedTrial(params))
+    fast = sw.Composer(space, fixed, None)(values)
+    assert OmegaConf.to_container(fast) == OmegaConf.to_container(config.compose(sw.overrides(space, fixed, values)))
+    assert OmegaConf.is_struct(fast)
+
+
+def test_the_fast_composer_checks_types_and_ranges():
+    space = sw.parse_space({"params": {"trainer.epochs": {"float": [0.5, 2.0]}, "optimizer.lr": {"float": [-1.0, 1.0]}}}, "t")
+    with pytest.raises(ConfigError, match="trainer.epochs: expected an integer"):
+        sw.Composer(space, [], None)({"trainer.epochs": 1.5, "optimizer.lr": 0.1})
+    with pytest.raises(ConfigError, match="optimizer.lr: must be > 0"):
+        sw.Composer(space, [], None)({"trainer.epochs": 2, "optimizer.lr": -0.5})
+    space = sw.parse_space({"params": {"trainer.epochz": [1, 2]}}, "t")
+    with pytest.raises(ConfigError, match="trainer.epochz: unknown key"):
+        sw.Composer(space, [], None)({"trainer.epochz": 1})
+
+
 @pytest.mark.parametrize("params, expected", [
     ({"optimizer": ["sgd", "lbfgs"]}, "unknown choice 'lbfgs'"),
     ({"optimizer.momentum": {"float": [0, 1], "when": {"optimizer": "sgd"}}}, "not a parameter declared before it"),
