@@ -455,8 +455,8 @@ def make_pruner(name: str, cv: int | None):
     import optuna
 
     if name == "median":
-        # 5 unpruned trials first; never on epoch 1, whose values say little about the end
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        # 5 unpruned trials first; the earliest prune is after epoch 2 (epoch 1 says little about the end)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
     if name == "wilcoxon":
