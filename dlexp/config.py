@@ -265,6 +265,10 @@ def validate(cfg) -> None:
     _number(cfg, "seed", integer=True)
     if not isinstance(cfg.trainer.device, str) or not DEVICE.match(cfg.trainer.device):
         raise ConfigError(f"trainer.device: expected auto, cpu, cuda or cuda:N, got {cfg.trainer.device!r}")
+    if cfg.trainer.get("amp", "none") not in ("none", "bf16"):
+        raise ConfigError(f"trainer.amp: expected none or bf16, got {cfg.trainer.amp!r}")
+    if not isinstance(cfg.trainer.get("compile", False), bool):
+        raise ConfigError(f"trainer.compile: expected true or false, got {cfg.trainer.compile!r}")
     if not isinstance(cfg.trainer.deterministic, bool):
         raise ConfigError(f"trainer.deterministic: expected true or false, got {cfg.trainer.deterministic!r}")
     if _number(cfg, "optimizer.lr") <= 0:

@@ -33,6 +33,9 @@ def meta(cfg, device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "command": sys.argv,
         "seed": int(cfg.seed),
+        "amp": cfg.trainer.get("amp", "none"),
+        "compile": bool(cfg.trainer.get("compile", False)),
+        "deterministic": bool(cfg.trainer.deterministic),
         "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     info.update(results.git_state())

@@ -11,6 +11,7 @@ Conventions (said once, here):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -131,13 +132,26 @@ class _Accumulator:
 
 
 @torch.no_grad()
-def evaluate(model, x, y, loss_fn, batch_size, task, positive_target) -> dict[str, float]:
+def evaluate(model, x, y, loss_fn, batch_size, task, positive_target, forward=None, autocast=contextlib.nullcontext) -> dict[str, float]:
+    """Metrics of `model` on (x, y) in eval mode; `forward` is the (possibly compiled) model to call."""
     model.eval()
+    forward = forward or model
     acc = _Accumulator(x.device, task, positive_target)
     for i in range(0, x.shape[0], batch_size):
-        out = model(x[i : i + batch_size])
+        with autocast():
+            out = forward(x[i : i + batch_size])
+        out = out.float()
         acc.add(out, y[i : i + batch_size], loss_fn(out, y[i : i + batch_size]))
     return acc.values()
+
+
+def mixed_precision(amp: str, device: torch.device) -> Callable[[], Any]:
+    """`trainer.amp`: none, or bf16 autocast of the forward pass (weights and optimizer stay float32)."""
+    if amp == "none":
+        return contextlib.nullcontext
+    if amp == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ConfigError(f"trainer.amp: expected none or bf16, got {amp!r}")
 
 
 def train(
@@ -171,6 +185,10 @@ def train(
     groups = param_groups(model, wd if wd_mode == "coupled" else 0.0, bool(opt_cfg.get("decay_bias", False)))
     decay_params = groups[0]["params"]
     optimizer = build_optimizer(opt_cfg, groups)
+
+    autocast = mixed_precision(cfg.trainer.get("amp", "none"), device)
+    # torch.compile wraps the module; `model` stays the plain one (its state_dict has no prefixes)
+    forward = torch.compile(model) if cfg.trainer.get("compile", False) else model
 
     classification = splits.task == CLASSIFICATION
     loss_fn = nn.CrossEntropyLoss() if classification else nn.MSELoss()
@@ -214,7 +232,9 @@ def train(
                         g["lr"] = lr
                 idx = perm[i : i + batch_size]
                 xb, yb = x_train[idx], y_train[idx]
-                out = model(xb)
+                with autocast():
+                    out = forward(xb)
+                out = out.float()  # losses and metrics in float32, also under bf16 autocast
                 loss = loss_fn(out, yb)
                 objective = loss
                 if wd_mode == "loss" and wd > 0:
@@ -231,7 +251,9 @@ def train(
                 running.add(out, yb, loss)
             values = {"train": running.values()}
             for name, (x, y) in evals.items():
-                values[name] = evaluate(model, x, y, loss_fn, int(cfg.trainer.eval_batch_size), splits.task, splits.positive_target)
+                values[name] = evaluate(
+                    model, x, y, loss_fn, int(cfg.trainer.eval_batch_size), splits.task, splits.positive_target, forward, autocast
+                )
             now = time.perf_counter()
             elapsed = now - start
             for split, metrics in values.items():
