@@ -37,6 +37,7 @@ def meta(cfg, device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "compile": bool(cfg.trainer.get("compile", False)),
         "deterministic": bool(cfg.trainer.deterministic),
         "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "started_unix": time.time(),  # just before the first batch: benchmarks measure start-up with it
     }
     info.update(results.git_state())
     info.update(extra or {})

@@ -86,6 +86,25 @@ def use_foreach(group: dict[str, Any]) -> bool:
     return group["foreach"] is not False
 
 
+def closure_loss(closure) -> Any:
+    """The loss of `closure` (re-evaluating the model with gradients on), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def apply_rule(params, grads, states, group, hp: dict[str, Any], rule, multi_tensor_rule) -> None:
+    """One param group's update: the foreach fast path on each (device, dtype) bucket, or the
+    readable per-tensor `rule` (foreach=False), with the same hyperparameters `hp`."""
+    if use_foreach(group):
+        for lists in split_by_device_and_dtype(params, grads, states):
+            multi_tensor_rule(*lists, **hp)
+    else:
+        for p, g, s in zip(params, grads, states):
+            rule(p, g, s, **hp)
+
+
 def split_by_device_and_dtype(
     params: list[Tensor], *lists: list[Any]
 ) -> Iterator[tuple[list[Any], ...]]:

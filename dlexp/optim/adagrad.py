@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 
 from dlexp.optim._common import (
+    apply_rule,
+    closure_loss,
     as_float,
     check_lr,
     check_nonnegative,
@@ -19,8 +21,6 @@ from dlexp.optim._common import (
     new_step,
     params_with_grad,
     reject_unimplemented,
-    split_by_device_and_dtype,
-    use_foreach,
 )
 
 __all__ = ["Adagrad", "adagrad"]
@@ -150,10 +150,7 @@ class Adagrad(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             # state normally exists since __init__; lazily for params added by add_param_group
             params, grads, states = params_with_grad(self, group, self._init_state)
@@ -163,10 +160,5 @@ class Adagrad(torch.optim.Optimizer):
                 lr=as_float(group["lr"]), lr_decay=group["lr_decay"],
                 weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
             )  # fmt: skip
-            if use_foreach(group):
-                for lists in split_by_device_and_dtype(params, grads, states):
-                    _multi_tensor_adagrad(*lists, **hp)
-            else:
-                for p, g, s in zip(params, grads, states):
-                    adagrad(p, g, s, **hp)
+            apply_rule(params, grads, states, group, hp, adagrad, _multi_tensor_adagrad)
         return loss

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 
 from dlexp.optim._common import (
+    apply_rule,
+    closure_loss,
     as_float,
     check_lr,
     check_nonnegative,
@@ -19,8 +21,6 @@ from dlexp.optim._common import (
     new_step,
     params_with_grad,
     reject_unimplemented,
-    split_by_device_and_dtype,
-    use_foreach,
 )
 
 __all__ = ["Adam", "adam"]
@@ -180,10 +180,7 @@ class Adam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params, grads, states = params_with_grad(self, group, self._init_state)
             if not params:
@@ -194,14 +191,8 @@ class Adam(torch.optim.Optimizer):
                 weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
                 maximize=group["maximize"], decoupled_weight_decay=group["decoupled_weight_decay"],
             )  # fmt: skip
-            if use_foreach(group):
-                for lists in split_by_device_and_dtype(params, grads, states):
-                    _multi_tensor_adam(*lists, **hp)
-            else:
-                self._per_tensor(params, grads, states, hp)
+            apply_rule(params, grads, states, group, hp, self._rule, _multi_tensor_adam)
         return loss
 
-    @staticmethod
-    def _per_tensor(params, grads, states, hp) -> None:
-        for p, g, s in zip(params, grads, states):
-            adam(p, g, s, **hp)
+    # the readable per-tensor ground truth that foreach=False runs (AdamW substitutes `adamw`)
+    _rule = staticmethod(adam)

@@ -79,7 +79,6 @@ class AdamW(Adam):
             group["decoupled_weight_decay"] = True
 
     @staticmethod
-    def _per_tensor(params, grads, states, hp) -> None:
-        hp = {k: v for k, v in hp.items() if k != "decoupled_weight_decay"}
-        for p, g, s in zip(params, grads, states):
-            adamw(p, g, s, **hp)
+    def _rule(p, g, s, *, decoupled_weight_decay, **hp) -> None:
+        """foreach=False runs `adamw` (Adam's flag is always True here and not needed by it)."""
+        adamw(p, g, s, **hp)

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 
 from dlexp.optim._common import (
+    apply_rule,
+    closure_loss,
     as_float,
     check_lr,
     check_nonnegative,
@@ -21,8 +23,6 @@ from dlexp.optim._common import (
     new_step,
     params_with_grad,
     reject_unimplemented,
-    split_by_device_and_dtype,
-    use_foreach,
 )
 
 __all__ = ["RMSprop", "rmsprop"]
@@ -174,10 +174,7 @@ class RMSprop(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params, grads, states = params_with_grad(self, group, self._init_state)
             if not params:
@@ -187,10 +184,5 @@ class RMSprop(torch.optim.Optimizer):
                 weight_decay=group["weight_decay"], momentum=group["momentum"],
                 centered=group["centered"], maximize=group["maximize"],
             )  # fmt: skip
-            if use_foreach(group):
-                for lists in split_by_device_and_dtype(params, grads, states):
-                    _multi_tensor_rmsprop(*lists, **hp)
-            else:
-                for p, g, s in zip(params, grads, states):
-                    rmsprop(p, g, s, **hp)
+            apply_rule(params, grads, states, group, hp, rmsprop, _multi_tensor_rmsprop)
         return loss

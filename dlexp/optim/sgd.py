@@ -12,13 +12,13 @@ import torch
 from torch import Tensor
 
 from dlexp.optim._common import (
+    apply_rule,
+    closure_loss,
     as_float,
     check_lr,
     check_nonnegative,
     params_with_grad,
     reject_unimplemented,
-    split_by_device_and_dtype,
-    use_foreach,
 )
 
 __all__ = ["SGD", "sgd"]
@@ -148,10 +148,7 @@ class SGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params, grads, _ = params_with_grad(self, group, None)
             if not params:
@@ -163,10 +160,5 @@ class SGD(torch.optim.Optimizer):
                 weight_decay=as_float(group["weight_decay"]), nesterov=group["nesterov"],
                 maximize=group["maximize"],
             )  # fmt: skip
-            if use_foreach(group):
-                for lists in split_by_device_and_dtype(params, grads, states):
-                    _multi_tensor_sgd(*lists, **hp)
-            else:
-                for p, g, s in zip(params, grads, states):
-                    sgd(p, g, s, **hp)
+            apply_rule(params, grads, states, group, hp, sgd, _multi_tensor_sgd)
         return loss
