@@ -368,3 +368,9 @@ def test_a_killed_worker_s_trial_is_retried_and_the_study_finishes(tmp_path):
     rows = study_trials(db)
     assert finished(rows) == 2
     assert [s for _, s in rows].count("FAIL") == 1 and "RUNNING" not in [s for _, s in rows]
+
+
+def test_the_command_module_imports_neither_torch_nor_optuna():
+    code = "import sys, dlexp.cli.sweep; print(sorted(m for m in ('torch', 'optuna') if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"
