@@ -3,7 +3,7 @@
     config.yaml   the resolved config of the run
     meta.json     versions, device, command line, seed, git commit
     metrics.csv   tidy long table: run_id, epoch, step, split, metric, value, time_s
-    summary.json  status (ok | diverged | interrupted | failed), duration, final and best values
+    summary.json  status (ok | diverged | pruned | interrupted | failed), duration, final and best values
     model.pt      the trained weights (state_dict), for predictions and submissions
 
 Every file is written atomically (a temporary file in the same folder, then os.replace), so a
@@ -25,7 +25,7 @@ from typing import Any, Iterable
 from dlexp.atomic import atomic_write  # noqa: F401  (re-exported: results.atomic_write)
 
 METRIC_COLUMNS = ["run_id", "epoch", "step", "split", "metric", "value", "time_s"]
-STATUSES = ("ok", "diverged", "interrupted", "failed")
+STATUSES = ("ok", "diverged", "pruned", "interrupted", "failed")
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -86,6 +86,7 @@ def execute(
     resume_dir: str | Path | None = None,
     checkpoints: bool = True,
     reraise: bool = True,
+    stop_on: tuple[type[BaseException], ...] = (),
 ) -> tuple[str | None, dict[str, Any]]:
     """Train one config and write its run folder. Returns (run_id, summary).
 
@@ -94,6 +95,8 @@ def execute(
     statuses, not exceptions (Ctrl-C is re-raised after the files are written).
     `on_finish(result)` receives the loop's Result (with the trained model) once the files are written.
 
+    An exception of a `stop_on` type raised by `on_epoch` (a sweep's pruner) ends the run early
+    with status `pruned` and its message as the reason; the summary is returned, not raised.
     With `reraise=False`, an exception during training (other than Ctrl-C and failed writes) is
     recorded and returned as a `failed` summary instead, so that a study can go on without it.
     With `checkpoints`, `checkpoint.pt` is rewritten atomically after every epoch; `resume_dir`
@@ -163,7 +166,10 @@ def execute(
     except BaseException as e:
         if state["path"] is None:
             raise  # nothing written yet: bad input, or a crash before the first epoch
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        if stop_on and isinstance(e, stop_on):
+            status = "pruned"
+        else:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         records = []
         metrics = state["path"] / "metrics.csv"
         if metrics.exists():
@@ -171,7 +177,7 @@ def execute(
 
             with open(metrics, newline="") as f:
                 records = [{**r, "epoch": int(r["epoch"]), "value": float(r["value"])} for r in csv.DictReader(f)]
-        reason = f"{type(e).__name__}: {e}" if status == "failed" else "interrupted"
+        reason = {"failed": f"{type(e).__name__}: {e}", "interrupted": "interrupted", "pruned": str(e) or "stopped early"}[status]
         summary = None
         try:
             summary = finish(status, reason, records, max((r["epoch"] for r in records), default=0), None)
@@ -181,7 +187,7 @@ def execute(
             pass  # the disk that failed us may refuse this too; the files already there stay intact
         if isinstance(e, OSError):
             raise ResultsWriteError(f"results_dir: writing to {state['path']} failed: {e.strerror or e}; earlier files are intact") from e
-        if not reraise and status == "failed" and summary is not None and isinstance(e, Exception):
+        if summary is not None and (status == "pruned" or (not reraise and status == "failed" and isinstance(e, Exception))):
             return state["run_id"], summary
         raise
     try:

@@ -544,11 +544,8 @@ class Objective:
 
         _, splits = self.data(cfg.dataset)
         split, metric = self.metric.split("/", 1)
-        seen: dict[str, Any] = {}
 
         def on_epoch(epoch: int, records: list[dict[str, Any]]) -> None:
-            seen["run_id"] = records[0]["run_id"] if records else None
-            seen["epoch"] = epoch
             value = next((r["value"] for r in reversed(records) if r["epoch"] == epoch and r["split"] == split and r["metric"] == metric), None)
             if value is None or not math.isfinite(value):
                 return  # a diverged epoch: execute returns status "diverged" right after this
@@ -557,16 +554,16 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}: {self.metric} {value:.4g}")
 
         columns = {"study": self.study_name, "trial": trial.number}
-        try:
-            run_id, summary = execute(cfg, splits, extra_meta=self.extra_meta, extra_columns=columns, on_epoch=on_epoch)
-        except optuna.TrialPruned as e:
-            summary = _mark_pruned(cfg, seen.get("run_id"), str(e))
-            trial.set_user_attr("run_id", seen.get("run_id"))
-            trial.set_user_attr("epochs", seen.get("epoch", 0))
+        run_id, summary = execute(
+            cfg, splits, extra_meta=self.extra_meta, extra_columns=columns, on_epoch=on_epoch, stop_on=(optuna.TrialPruned,)
+        )
+        if summary["status"] == "pruned":  # the pruner stopped it: the run folder says so too
+            trial.set_user_attr("run_id", run_id)
+            trial.set_user_attr("epochs", summary["epochs_completed"])
             trial.set_user_attr("train_s", summary.get("duration_s"))
             trial.set_user_attr("status", "pruned")
-            trial.set_user_attr("reason", str(e))
-            raise
+            trial.set_user_attr("reason", summary["reason"])
+            raise optuna.TrialPruned(summary["reason"])
         trial.set_user_attr("run_id", run_id)
         trial.set_user_attr("epochs", summary["epochs_completed"])
         trial.set_user_attr("train_s", summary["duration_s"])
@@ -615,26 +612,6 @@ class Objective:
             trial.set_user_attr("reason", f"{self.metric} mean over folds is {res.mean}")
             raise optuna.TrialPruned(f"diverged: {self.metric} mean over folds is {res.mean}")
         return float(res.mean)
-
-
-def _mark_pruned(cfg, run_id: str | None, reason: str) -> dict[str, Any]:
-    """runner.execute records an exception from on_epoch as status `failed`; a pruned run is not a
-    failure, so its summary.json says `pruned` (until execute knows the status itself)."""
-    import json
-
-    from dlexp import results
-
-    if run_id is None:
-        return {}
-    path = Path(cfg.results_dir) / "runs" / run_id
-    try:
-        summary = json.loads((path / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    summary.update(status="pruned", reason=reason)
-    results.write_json(path / "summary.json", summary)
-    (path / "error.txt").unlink(missing_ok=True)
-    return summary
 
 
 def counts(study) -> dict[str, int]:

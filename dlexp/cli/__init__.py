@@ -12,6 +12,7 @@ from dlexp.cli.kfold import kfold
 from dlexp.cli.list import list_choices
 from dlexp.cli.report import report
 from dlexp.cli.run import run
+from dlexp.cli.sweep import sweep
 
 app = typer.Typer(
     name="dlexp",
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.command("run", context_settings={"allow_interspersed_args": True})(run)
 app.command("list")(list_choices)
 app.command("kfold", context_settings={"allow_interspersed_args": True})(kfold)
+app.command("sweep", context_settings={"allow_interspersed_args": True})(sweep)
 app.command("report")(report)
 app.command("check-optimizers")(check_optimizers)
 

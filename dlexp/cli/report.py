@@ -26,7 +26,7 @@ def report(
     fmt: Annotated[Optional[str], typer.Option("--format", help="Table format: md, csv, latex or json; to --out/report.<ext>, or stdout without --out.")] = None,
     html: Annotated[Optional[str], typer.Option("--html", help="Write one self-contained HTML page (tables + every plot embedded) to this file.")] = None,
     where: Annotated[Optional[str], typer.Option("--where", help="Only runs matching KEY=VALUE, comma-separated: dataset=digits, optimizer=adam, study=NAME.")] = None,
-    include_failed: Annotated[bool, typer.Option("--include-failed", help="Let diverged/interrupted/failed runs into the statistics (they are always counted).")] = False,
+    include_failed: Annotated[bool, typer.Option("--include-failed", help="Let diverged/pruned/interrupted/failed runs into the statistics (they are always counted).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")] = False,
 ) -> None:
     """Compare groups of runs: mean, std and 95% CI per group, time to target, paired tests against a baseline, plots.
@@ -78,7 +78,7 @@ def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_di
         notes.append(f"groups pool runs that differ in {', '.join(pooled)} (not in --by)")
     n_bad = int((runs["status"].fillna("unknown") != "ok").sum()) if "status" in runs else 0
     if n_bad and not include_failed:
-        notes.append(f"{n_bad} run(s) not ok (diverged/interrupted/failed) are counted but left out of the statistics; --include-failed lets them in")
+        notes.append(f"{n_bad} run(s) not ok (diverged/pruned/interrupted/failed) are counted but left out of the statistics; --include-failed lets them in")
     summary = rp.summarize_groups(runs, keys, metric, at=at, ci=ci, include_failed=include_failed)
     need_metrics = target is not None or bool(kinds)
     metrics = None
