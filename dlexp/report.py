@@ -837,3 +837,42 @@ def parse_plots(text: str | None) -> list[str]:
     if bad:
         raise ReportError(f"--plots: unknown plot {bad[0]!r}; plots: {', '.join(PLOT_KINDS)}, all")
     return kinds
+
+
+# ---- a sweep's Optuna study -----------------------------------------------------------------------
+
+
+def study_trials(study):
+    """The study's trials as a table: trial, state, value, params, duration (s)."""
+    df = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
+    df = df.rename(columns={"number": "trial"})
+    df.columns = [c.replace("params_", "") for c in df.columns]
+    if "duration" in df:
+        df["duration_s"] = df.pop("duration").dt.total_seconds()
+    return df
+
+
+def study_plots(study) -> tuple[list[tuple[str, Any]], list[str]]:
+    """Optuna's matplotlib views of a study: optimization history, parameter importances, slices.
+    Returns [(stem, figure)] and notes for the views that cannot be drawn (too few trials, say)."""
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as ov
+
+    figs, notes = [], []
+    views = (("history", ov.plot_optimization_history), ("importances", ov.plot_param_importances), ("slice", ov.plot_slice))
+    for stem, plot in views:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # label the value axis with the metric the sweep recorded (Optuna's default: "Objective Value")
+                axes = plot(study, target_name=study.user_attrs.get("metric", "Objective Value"))
+        except (ValueError, RuntimeError) as e:
+            notes.append(f"{stem} plot skipped: {str(e).splitlines()[0]}")
+            continue
+        first = axes.flat[0] if hasattr(axes, "flat") else axes
+        fig = first.figure
+        fig.set_size_inches(max(fig.get_size_inches()[0], 7), max(fig.get_size_inches()[1], 4.5))
+        figs.append((f"study_{study.study_name}_{stem}", fig))
+    return figs, notes

@@ -26,6 +26,8 @@ def report(
     fmt: Annotated[Optional[str], typer.Option("--format", help="Table format: md, csv, latex or json; to --out/report.<ext>, or stdout without --out.")] = None,
     html: Annotated[Optional[str], typer.Option("--html", help="Write one self-contained HTML page (tables + every plot embedded) to this file.")] = None,
     where: Annotated[Optional[str], typer.Option("--where", help="Only runs matching KEY=VALUE, comma-separated: dataset=digits, optimizer=adam, study=NAME.")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Report a sweep's Optuna study instead: its trials, optimization history, parameter importances and slice plots.")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Where --study lives (default: <results-dir>/sweeps/<study>.db; any Optuna URL or journal file).")] = None,
     include_failed: Annotated[bool, typer.Option("--include-failed", help="Let diverged/pruned/interrupted/failed runs into the statistics (they are always counted).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")] = False,
 ) -> None:
@@ -37,6 +39,9 @@ def report(
     from dlexp import report as rp
 
     try:
+        if study is not None:
+            _study_report(rp, results_dir, study, storage, out_dir, fmt, html)
+            return
         _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_dir, fmt, html, include_failed, where)
     except rp.ReportError as e:
         if debug:
@@ -125,6 +130,57 @@ def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_di
         page = rp.html_page(f"dlexp report: {metric} at {at}", table, notes, images)
         Path(html).parent.mkdir(parents=True, exist_ok=True)
         Path(html).write_text(page)
+        err.print(f"wrote {html}", markup=False)
+
+
+def _study_report(rp, results_dir, name, storage, out_dir, fmt, html) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import optuna
+
+    from dlexp import sweep
+    from dlexp.errors import ConfigError
+
+    try:
+        kind, target = sweep.storage_target(storage, results_dir, name)
+    except ConfigError as e:
+        raise rp.ReportError(str(e)) from None
+    if kind == "rdb" and target.startswith("sqlite:///") and not Path(target[len("sqlite:///"):]).is_file():
+        raise rp.ReportError(f"--study {name}: no study file {target[len('sqlite:///'):]} (run `dlexp sweep` first, or pass --storage)")
+    try:
+        st = optuna.load_study(study_name=name, storage=sweep.open_storage(kind, target, heartbeat=None))
+    except (KeyError, ConfigError) as e:
+        raise rp.ReportError(f"--study {name}: not found in {sweep.mask(target, target)}: {str(e).splitlines()[0]}") from None
+    trials = rp.study_trials(st)
+    if trials.empty:
+        raise rp.ReportError(f"--study {name}: has no trials yet")
+    if fmt is not None and out_dir is None:
+        sys.stdout.write(rp.format_table(trials, fmt, {"study": name}))
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"study {name}: {len(trials)} trials ({', '.join(f'{k} {v}' for k, v in trials['state'].value_counts().items())})")
+        for c in trials.columns:
+            table.add_column(str(c))
+        best = trials.sort_values("value", ascending=st.direction.name == "MINIMIZE").head(15)
+        for _, r in best.iterrows():
+            table.add_row(*(_num(v) if isinstance(v, float) else str(v) for v in r.values))
+        out.print(table)
+    plot_dir = Path(out_dir or "report")
+    if out_dir is not None:
+        path = plot_dir / f"study_{name}.{FORMAT_SUFFIX[fmt or 'csv']}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rp.format_table(trials, fmt or "csv", {"study": name}))
+        err.print(f"wrote {path}", markup=False)
+    figs, notes = rp.study_plots(st)
+    for n in notes:
+        err.print(f"note: {n}", markup=False)
+    images = [(stem, rp.save_figure(fig, plot_dir, stem)) for stem, fig in figs]
+    err.print(f"wrote {len(images)} plots (PNG and SVG) to {plot_dir}/", markup=False)
+    if html:
+        Path(html).parent.mkdir(parents=True, exist_ok=True)
+        Path(html).write_text(rp.html_page(f"dlexp study {name}", trials, notes, images))
         err.print(f"wrote {html}", markup=False)
 
 
