@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from dlexp.optim._common import (
+    Optimizer,
     apply_rule,
     closure_loss,
     as_float,
@@ -100,7 +101,7 @@ def _multi_tensor_adadelta(
     torch._foreach_add_(params, deltas, alpha=-lr)
 
 
-class Adadelta(torch.optim.Optimizer):
+class Adadelta(Optimizer):
     """Hand-written `torch.optim.Adadelta`: same signature, defaults, state keys and results."""
 
     def __init__(

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from dlexp.optim._common import (
+    Optimizer,
     apply_rule,
     closure_loss,
     as_float,
@@ -94,7 +95,7 @@ def _multi_tensor_adagrad(
     torch._foreach_addcdiv_(params, grads, std, minus_clr)
 
 
-class Adagrad(torch.optim.Optimizer):
+class Adagrad(Optimizer):
     """Hand-written `torch.optim.Adagrad`: same signature, defaults, state keys and results.
 
     As torch, the state (`step` = 0, `sum` = initial_accumulator_value) is created for every param

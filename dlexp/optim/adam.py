@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from dlexp.optim._common import (
+    Optimizer,
     apply_rule,
     closure_loss,
     as_float,
@@ -121,7 +122,7 @@ def _multi_tensor_adam(
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
 
 
-class Adam(torch.optim.Optimizer):
+class Adam(Optimizer):
     """Hand-written `torch.optim.Adam`: same signature, defaults, state keys and results."""
 
     def __init__(

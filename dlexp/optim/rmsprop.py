@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from dlexp.optim._common import (
+    Optimizer,
     apply_rule,
     closure_loss,
     as_float,
@@ -121,7 +122,7 @@ def _multi_tensor_rmsprop(
         torch._foreach_addcdiv_(params, grads, avg, value=-lr)
 
 
-class RMSprop(torch.optim.Optimizer):
+class RMSprop(Optimizer):
     """Hand-written `torch.optim.RMSprop`: same signature, defaults, state keys and results."""
 
     def __init__(

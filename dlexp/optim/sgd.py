@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from dlexp.optim._common import (
+    Optimizer,
     apply_rule,
     closure_loss,
     as_float,
@@ -106,7 +107,7 @@ def _multi_tensor_sgd(
     torch._foreach_add_(params, grads, alpha=-lr)
 
 
-class SGD(torch.optim.Optimizer):
+class SGD(Optimizer):
     """Hand-written `torch.optim.SGD`: same signature, defaults, state keys and results."""
 
     def __init__(
