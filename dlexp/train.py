@@ -184,6 +184,9 @@ def train(
     # optimizer sees weight_decay = 0 and the decay group is handled explicitly below
     groups = param_groups(model, wd if wd_mode == "coupled" else 0.0, bool(opt_cfg.get("decay_bias", False)))
     decay_params = groups[0]["params"]
+    if groups[0]["weight_decay"] == 0:
+        # no group decays in the optimizer: one group, so each foreach kernel launches once per step
+        groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": 0.0}]
     optimizer = build_optimizer(opt_cfg, groups)
 
     autocast = mixed_precision(cfg.trainer.get("amp", "none"), device)
