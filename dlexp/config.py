@@ -103,6 +103,8 @@ def _parse_error(overrides: list[str], error: Exception) -> ConfigError:
             parser.parse_overrides([o])
         except HydraException as e:
             key = o.split("=", 1)[0] if "=" in o else o
+            if not key.isprintable():  # a line break in it would cut the one-line message short
+                key = repr(key)
             return ConfigError(f"{key}: cannot parse {o!r}: {_first_line(str(e))}")
     return ConfigError(_first_line(f"bad override: {error}"))
 
@@ -119,9 +121,10 @@ def _check_choices(parsed, config_dir) -> None:
         key = o.get_key_element().lstrip("+~")
         if key in GROUPS and not o.is_delete():
             value = o.value()
-            if value is None and key == "experiment":
-                continue
             available = choices(key, config_dir)
+            if value is None:
+                raise ConfigError(f"{key}=null: a config group needs a choice ({', '.join(available)}); "
+                                  f"to use none, leave {key} out")
             if not isinstance(value, str) or value not in available:
                 raise ConfigError(f"{key}={value}: unknown choice; choose one of: {', '.join(available)}")
 
@@ -205,6 +208,24 @@ def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None)
     return cfg
 
 
+# keys whose file declares a number but that also take a list, one value per layer
+NUMBER_OR_LIST = {"model.dropout"}
+
+
+def _kind(ref) -> str:
+    from omegaconf import ListConfig
+
+    if isinstance(ref, bool):
+        return "true or false"
+    if isinstance(ref, int):
+        return "an integer"
+    if isinstance(ref, float):
+        return "a number"
+    if isinstance(ref, ListConfig):
+        return "a list"
+    return "a string"
+
+
 def _check_types(cfg, reference, prefix: str = "") -> None:
     """An override must keep the type its file declares: trainer.epochs=abc is refused, not trained."""
     from omegaconf import DictConfig, ListConfig
@@ -218,10 +239,14 @@ def _check_types(cfg, reference, prefix: str = "") -> None:
             if isinstance(val, DictConfig):
                 _check_types(val, ref, full + ".")
             continue
-        if ref is None or val is None:
-            continue
+        if ref is None:
+            continue  # declared null (name, dataset.root, ...): its consumer checks what it gets
+        if val is None:
+            raise ConfigError(f"{full}: expected {_kind(ref)}, got null")
         if isinstance(ref, ListConfig):
             continue  # lists are checked by their consumers (model.hidden, schedule.boundaries, ...)
+        if full in NUMBER_OR_LIST and isinstance(val, ListConfig):
+            continue  # one value per layer (checked by validate)
         if isinstance(ref, bool):
             if not isinstance(val, bool):
                 raise ConfigError(f"{full}: expected true or false, got {val!r}")
@@ -262,7 +287,9 @@ def validate(cfg) -> None:
         raise ConfigError(f"trainer.batch_size: must be >= 1, got {cfg.trainer.batch_size}")
     if _number(cfg, "trainer.eval_batch_size", integer=True) < 1:
         raise ConfigError(f"trainer.eval_batch_size: must be >= 1, got {cfg.trainer.eval_batch_size}")
-    _number(cfg, "seed", integer=True)
+    # torch.manual_seed takes [-2**63, 2**64); numpy's and Optuna's seeds are non-negative
+    if not 0 <= _number(cfg, "seed", integer=True) < 2**64:
+        raise ConfigError(f"seed: must be in [0, 2**64), got {cfg.seed}")
     if not isinstance(cfg.trainer.device, str) or not DEVICE.match(cfg.trainer.device):
         raise ConfigError(f"trainer.device: expected auto, cpu, cuda or cuda:N, got {cfg.trainer.device!r}")
     if cfg.trainer.get("amp", "none") not in ("none", "bf16"):
@@ -297,9 +324,15 @@ def validate(cfg) -> None:
         _one_of(cfg, "model.activation", ("relu", "sigmoid", "tanh"))
     if "init" in cfg.model:
         _one_of(cfg, "model.init", ("default", "normal", "xavier"))
-    vf = cfg.dataset.get("val_fraction", 0.0)
-    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 <= vf < 1:
-        raise ConfigError(f"dataset.val_fraction: must be in [0, 1), got {vf!r}")
+    if "init_std" in cfg.model and _number(cfg, "model.init_std") < 0:
+        raise ConfigError(f"model.init_std: must be >= 0, got {cfg.model.init_std}")
+    for key in ("val_fraction", "test_fraction"):
+        if key in cfg.dataset:
+            f = cfg.dataset[key]
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1:
+                raise ConfigError(f"dataset.{key}: must be in [0, 1), got {f!r}")
+    if "split_seed" in cfg.dataset and not 0 <= _number(cfg, "dataset.split_seed", integer=True) < 2**64:
+        raise ConfigError(f"dataset.split_seed: must be in [0, 2**64), got {cfg.dataset.split_seed}")
     if not isinstance(cfg.results_dir, str) or not cfg.results_dir:
         raise ConfigError(f"results_dir: expected a path, got {cfg.results_dir!r}")
     if cfg.name is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", str(cfg.name)):

@@ -196,7 +196,9 @@ def train(
     classification = splits.task == CLASSIFICATION
     loss_fn = nn.CrossEntropyLoss() if classification else nn.MSELoss()
     x_train, y_train = (t.to(device) for t in splits.train)  # moved once; batches are index slices
-    evals = {name: tuple(t.to(device) for t in pair) for name, pair in (("val", splits.val), ("test", splits.test)) if pair is not None}
+    # an empty split (test_fraction=0, val_fraction=0) has no metrics, rather than zeros
+    evals = {name: tuple(t.to(device) for t in pair) for name, pair in (("val", splits.val), ("test", splits.test))
+             if pair is not None and len(pair[0]) > 0}
 
     n, batch_size, epochs = x_train.shape[0], int(cfg.trainer.batch_size), int(cfg.trainer.epochs)
     steps_per_epoch = math.ceil(n / batch_size)

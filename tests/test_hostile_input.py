@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
@@ -47,19 +48,6 @@ def assert_one_line_naming(e: ConfigError, key: str | None) -> None:
     assert message and len(message.splitlines()) == 1, f"not one line: {message!r}"
     if key is not None:
         assert key.lstrip("+~") in message, f"{message!r} does not name {key!r}"
-
-
-def _known_bug(cfg) -> bool:
-    """Inputs that hit the bugs pinned by the xfail tests below, kept out of the properties."""
-    seed, split_seed = cfg.get("seed"), cfg.dataset.get("split_seed", 0)
-    nulls = [k for k in ("split_seed", "test_fraction") if k in cfg.dataset and cfg.dataset[k] is None]
-    nulls += ["init_std"] if "init_std" in cfg.model and cfg.model.init_std is None else []
-    return bool(nulls) or (isinstance(seed, int) and not -(2**63) <= seed < 2**64) or (isinstance(split_seed, int) and split_seed < 0)
-
-
-def _key_breaks_lines(o: str) -> bool:
-    """A line break (\\n, \\r, \\x1c-\\x1e, \\x85, \\u2028, ...) in the key part: a known bug, see below."""
-    return len((o.split("=", 1)[0] + "x").splitlines()) > 1
 
 
 class _Started(Exception):
@@ -101,7 +89,6 @@ def dry_start(cfg) -> None:
 @example(kv=("trainer.device", "cuda:7"))
 def test_any_value_for_any_key_composes_or_is_one_line_naming_the_key(kv, data_env):
     key, val = kv
-    assume(not (key == "experiment" and val in ("null", "~")))  # known bug, pinned below
     o = f"{key}={val}"
     try:
         cfg = compose(["trainer.device=cpu", o])
@@ -111,7 +98,6 @@ def test_any_value_for_any_key_composes_or_is_one_line_naming_the_key(kv, data_e
     # accepted: then a run must be able to start with it (or refuse it in one line naming its group)
     hidden = cfg.model.get("hidden", [])
     assume(not isinstance(hidden, (int, str)) and all(not isinstance(h, int) or h <= 4096 for h in hidden))
-    assume(not _known_bug(cfg))
     try:
         dry_start(cfg)
     except ConfigError as e:
@@ -121,7 +107,6 @@ def test_any_value_for_any_key_composes_or_is_one_line_naming_the_key(kv, data_e
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(o=junk)
 def test_junk_overrides_compose_or_are_one_line_errors(o, data_env):
-    assume(not _key_breaks_lines(o))
     try:
         compose(["trainer.device=cpu", o])
     except ConfigError as e:
@@ -131,7 +116,6 @@ def test_junk_overrides_compose_or_are_one_line_errors(o, data_env):
 @settings(max_examples=300, deadline=None)
 @given(os_=st.lists(st.one_of(junk, override.map("=".join)), max_size=4), multirun=st.booleans())
 def test_expand_returns_runs_or_a_one_line_error(os_, multirun):
-    assume(not any(_key_breaks_lines(o) for o in os_))
     try:
         runs = expand(os_, multirun)
     except ConfigError as e:
@@ -148,7 +132,6 @@ def test_expand_returns_runs_or_a_one_line_error(os_, multirun):
 @example(kv=("model.hidden", "{"))
 def test_the_cli_refuses_bad_values_with_exit_2_one_line_and_no_run_folder(kv, cli, tmp_path_factory, data_env):
     key, val = kv
-    assume(not (key == "experiment" and val in ("null", "~")))  # known bug, pinned below
     assume(key not in ("trainer.epochs", "seed", "dataset.split_seed", "results_dir", "dataset", "dataset.name"))
     assume(not (key == "model.hidden" and any(c.isdigit() for c in val) and val.startswith("[")))  # no wide models
     results = tmp_path_factory.mktemp("hostile") / "results"
@@ -162,44 +145,31 @@ def test_the_cli_refuses_bad_values_with_exit_2_one_line_and_no_run_folder(kv, c
     assert run_dirs(results) == []
 
 
-# --- known bugs found by the properties, pinned -----------------------------------------------------
+# --- bugs the properties found, fixed and kept as regressions -----------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: dataset.split_seed is never validated; a negative one reaches "
-                   "np.random.default_rng in data/__init__.py stratified_holdout: ValueError traceback, exit 1")
 def test_a_negative_split_seed_is_a_one_line_error(cli, results_dir, data_env):
     r = cli("run", *SMALL, f"results_dir={results_dir}", "dataset.split_seed=-1")
     assert r.exit_code == 2 and "dataset.split_seed" in r.stderr and "Traceback" not in r.output
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config.validate checks only that seed is an int; one outside "
-                   "[-2**63, 2**64) reaches torch.manual_seed in train.seed_everything: ValueError 'Overflow when "
-                   "unpacking long long', traceback, exit 1")
 def test_a_seed_torch_cannot_take_is_a_one_line_error(cli, results_dir, data_env):
     r = cli("run", *SMALL, f"results_dir={results_dir}", "seed=18446744073709551616")
     assert r.exit_code == 2 and "seed" in r.stderr and "Traceback" not in r.output
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: dataset.test_fraction is never validated: 2 is refused by a message "
-                   "naming dataset.val_fraction (data/__init__.py holdout_indices), and -1 is accepted silently")
 @pytest.mark.parametrize("fraction", ["2", "-1"])
 def test_a_test_fraction_out_of_range_is_an_error_naming_it(cli, results_dir, data_env, fraction):
     r = cli("run", *SMALL, f"results_dir={results_dir}", f"dataset.test_fraction={fraction}")
     assert r.exit_code == 2 and "dataset.test_fraction" in r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `null` passes compose for keys that validate never checks (config._check_types "
-                   "skips None): int(None)/float(None) TypeError traceback, exit 1, in data/__init__.py (split_seed), "
-                   "data/builtin.py (test_fraction), models.build_model (init_std)")
 @pytest.mark.parametrize("key", ["dataset.split_seed", "dataset.test_fraction", "model.init_std"])
 def test_null_for_a_number_is_a_one_line_error_naming_the_key(cli, results_dir, data_env, key):
     r = cli("run", *SMALL, f"results_dir={results_dir}", f"{key}=null")
     assert r.exit_code == 2 and key in r.stderr and "Traceback" not in r.output
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config._parse_error puts the raw key before ':' in the message; a line "
-                   "break in it (here \\x1e, also \\n, \\x85, \\u2028) splits the message, and the CLI prints only its "
-                   "first line: `error: ` with nothing after it")
 def test_a_line_break_in_an_override_key_still_gives_a_useful_one_line_error(cli, results_dir):
     r = cli("run", f"results_dir={results_dir}", "\x1etrainer.epochs=1")
     assert r.exit_code == 2
@@ -207,16 +177,25 @@ def test_a_line_break_in_an_override_key_still_gives_a_useful_one_line_error(cli
     assert len(line.splitlines()) == 1 and "cannot parse" in line
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config._check_choices lets `experiment=null` through (it skips a None "
-                   "experiment), and Hydra's ValueError 'Config group override must be a string or a list' escapes "
-                   "config._compose (only HydraException/OmegaConf errors are converted): traceback, exit 1")
 def test_experiment_null_is_a_one_line_error(cli, results_dir):
     r = cli("run", *SMALL, f"results_dir={results_dir}", "experiment=null")
     assert r.exit_code == 2 and "experiment" in r.stderr and "Traceback" not in r.output
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config._check_types refuses model.dropout=[0.1,0.2] ('expected a number') "
-                   "because mlp.yaml declares a float, though mlp.yaml, validate and build_model accept one rate per layer")
+def test_a_negative_init_std_is_a_one_line_error(cli, results_dir):
+    r = cli("run", *SMALL, f"results_dir={results_dir}", "model.init=normal", "model.init_std=-1")
+    assert r.exit_code == 2 and "model.init_std" in r.stderr and "Traceback" not in r.output
+    assert run_dirs(results_dir) == []
+
+
+def test_an_empty_test_split_has_no_test_metrics_rather_than_zeros(cli, results_dir):
+    r = cli("run", *SMALL, f"results_dir={results_dir}", "dataset.test_fraction=0")
+    assert r.exit_code == 0, r.output
+    (run,) = run_dirs(results_dir)
+    splits = set(pd.read_csv(run / "metrics.csv")["split"])
+    assert splits == {"train", "val"}
+
+
 def test_the_documented_per_layer_dropout_list_is_accepted_on_the_command_line():
     cfg = compose(["model.hidden=[8,8]", "model.dropout=[0.1,0.2]"])
     assert list(cfg.model.dropout) == [0.1, 0.2]
