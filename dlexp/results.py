@@ -14,6 +14,7 @@ processes starting at the same moment never share one.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import secrets
@@ -145,9 +146,21 @@ def load_metrics(results_dir: str | Path = "results"):
         if not path.is_file():
             continue
         try:
-            frames.append(pd.read_csv(path))
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                # a file cut mid-row (a crash or a full disk while copying): its last row is partial, and
+                # pandas would pad it with NaN; keep the complete rows only
+                print(f"warning: metrics of run {d.name} end mid-row (the file was cut); dropping the partial last row",
+                      file=sys.stderr)
+                data = data[: data.rfind(b"\n") + 1]
+            frame = pd.read_csv(io.BytesIO(data))
         except (OSError, ValueError) as e:
-            print(f"warning: skipping metrics of run {d.name}: {e}", file=sys.stderr)
+            print(f"warning: skipping metrics of run {d.name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+            continue
+        if list(frame.columns) != list(METRIC_COLUMNS):
+            print(f"warning: skipping metrics of run {d.name}: columns {list(frame.columns)} are not dlexp's", file=sys.stderr)
+            continue
+        frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=METRIC_COLUMNS)
     return pd.concat(frames, ignore_index=True)

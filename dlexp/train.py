@@ -261,11 +261,11 @@ def train(
                 )
             now = time.perf_counter()
             elapsed = now - start
-            for split, metrics in values.items():
-                for metric, value in metrics.items():
-                    records.append(dict(run_id=run_id, epoch=epoch, step=step, split=split, metric=metric, value=value, time_s=elapsed))
-            records.append(dict(run_id=run_id, epoch=epoch, step=step, split="train", metric="lr", value=lr, time_s=elapsed))
-            records.append(dict(run_id=run_id, epoch=epoch, step=step, split="train", metric="epoch_s", value=now - epoch_start, time_s=elapsed))
+            new = [dict(run_id=run_id, epoch=epoch, step=step, split=split, metric=metric, value=value, time_s=elapsed)
+                   for split, metrics in values.items() for metric, value in metrics.items()]
+            new.append(dict(run_id=run_id, epoch=epoch, step=step, split="train", metric="lr", value=lr, time_s=elapsed))
+            new.append(dict(run_id=run_id, epoch=epoch, step=step, split="train", metric="epoch_s", value=now - epoch_start, time_s=elapsed))
+            records.extend(new)  # one call: a Ctrl-C lands before or after it, never inside an epoch's rows
             if progress is not None:
                 shown = ", ".join(f"{s}/{m} {v:.4g}" for s, ms in values.items() for m, v in ms.items() if m in ("loss", "acc"))
                 progress.update(task, advance=1, description=f"epoch {epoch}/{epochs}: {shown}")
@@ -280,7 +280,9 @@ def train(
                 break
     except KeyboardInterrupt:
         status, reason = "interrupted", f"interrupted in epoch {epoch}"
-    completed = epoch if status in ("ok", "diverged") else max(epoch - 1, first_epoch - 1)
+    # interrupted: the epochs whose records are complete (a Ctrl-C after an epoch's records, while they
+    # are being written or checkpointed, still counts that epoch)
+    completed = epoch if status in ("ok", "diverged") else max((r["epoch"] for r in records), default=first_epoch - 1)
     return Result(
         status=status, records=records, model=model, epochs_completed=completed, steps=step,
         duration_s=time.perf_counter() - start, reason=reason, device=str(device),
