@@ -228,3 +228,38 @@ def test_fashion_mnist_downloads_end_to_end(server, monkeypatch):
     source = load_source(OmegaConf.create({"name": "fashion_mnist", "root": None}))
     assert source.x.shape == (60000, 1, 28, 28) and source.x_test.shape == (10000, 1, 28, 28)
     assert len(server.requests) == 4
+
+
+def test_default_mirrors_are_https_unless_plain_http_is_allowed(monkeypatch):
+    monkeypatch.delenv("DLEXP_MIRRORS")
+    monkeypatch.delenv("DLEXP_ALLOW_HTTP", raising=False)
+    for folder in download.MIRRORS:
+        urls = download.mirror_urls(folder, "f.gz")
+        assert urls and all(u.startswith("https://") for u in urls), (folder, urls)
+    monkeypatch.setenv("DLEXP_ALLOW_HTTP", "1")
+    assert any(u.startswith("http://") for u in download.mirror_urls("fashion-mnist", "f.gz"))
+
+
+def test_a_redirect_from_https_to_http_is_refused(monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    monkeypatch.delenv("DLEXP_ALLOW_HTTP", raising=False)
+    handler = download._NoDowngrade()
+    req = urllib.request.Request("https://example.org/a.gz")
+    with pytest.raises(urllib.error.HTTPError, match="plain HTTP refused"):
+        handler.redirect_request(req, None, 302, "Found", {}, "http://example.org/a.gz")
+    assert handler.redirect_request(req, None, 302, "Found", {}, "https://mirror.example.org/a.gz").full_url.startswith("https://")
+    monkeypatch.setenv("DLEXP_ALLOW_HTTP", "1")
+    assert handler.redirect_request(req, None, 302, "Found", {}, "http://example.org/a.gz") is not None
+
+
+def test_the_offline_error_says_how_to_allow_the_plain_http_mirrors(monkeypatch):
+    monkeypatch.delenv("DLEXP_MIRRORS")
+    monkeypatch.delenv("DLEXP_ALLOW_HTTP", raising=False)
+    monkeypatch.setenv("DLEXP_OFFLINE", "1")
+    with pytest.raises(download.DataNotFoundError) as e:
+        download.fetch("fashion-mnist", [download.RemoteFile("x.gz", "md5", "0" * 32, 1)])
+    message = str(e.value)
+    assert "DLEXP_ALLOW_HTTP=1" in message and "raw.githubusercontent.com" in message
+    assert len(message.splitlines()) == 1

@@ -15,8 +15,11 @@ file is never taken for a complete one. A mirror that fails (HTTP error, timeout
 wrong checksum) gives way to the next. With no mirror left, one `DataNotFoundError` names the files,
 their checksums, the URLs tried and the folders to put them in.
 
-`DLEXP_MIRRORS="http://host/a/{folder}/,http://host/b/"` replaces every mirror list (tests serve the
-files from 127.0.0.1 this way); `DLEXP_OFFLINE=1` never downloads.
+Downloads use HTTPS: the mirrors below that only speak plain HTTP are tried only with
+`DLEXP_ALLOW_HTTP=1`, and a redirect from https to http is refused. (The checksum is verified either
+way; HTTPS also keeps what is fetched private and the transfer from being tampered with.)
+`DLEXP_MIRRORS="http://host/a/{folder}/,http://host/b/"` replaces every mirror list, scheme and all
+(tests serve the files from 127.0.0.1 this way); `DLEXP_OFFLINE=1` never downloads.
 """
 
 from __future__ import annotations
@@ -37,8 +40,11 @@ from dlexp.errors import ConfigError
 
 # Publishers' mirrors, tried in order; `{folder}` is not needed in these, the file name is appended.
 MIRRORS: dict[str, list[str]] = {
-    # Zalando's official mirror (http only; also what torchvision uses)
-    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    # the files in Zalando's repository (HTTPS), then Zalando's S3 mirror (http only; what torchvision uses)
+    "fashion-mnist": [
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    ],
     # torchvision's MNIST.mirrors: the PyTorch CI copy first, then LeCun's own site
     "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
     # d2l's DATA_URL (d2l uses http; the same bucket answers on https)
@@ -90,9 +96,16 @@ def search_dirs(folder: str, root: str | os.PathLike | None = None) -> list[tupl
     return dirs
 
 
+def http_allowed() -> bool:
+    return os.environ.get("DLEXP_ALLOW_HTTP", "") not in ("", "0")
+
+
 def mirror_urls(folder: str, name: str) -> list[str]:
     env = os.environ.get("DLEXP_MIRRORS")
-    bases = [b.strip() for b in env.split(",") if b.strip()] if env else MIRRORS.get(folder, [])
+    if env:  # the user's own list: taken as written
+        bases = [b.strip() for b in env.split(",") if b.strip()]
+    else:
+        bases = [b for b in MIRRORS.get(folder, []) if b.startswith("https://") or http_allowed()]
     urls = []
     for base in bases:
         base = base.replace("{folder}", folder)
@@ -154,8 +167,11 @@ def _not_found_message(folder: str, files: list[RemoteFile], failures: dict[str,
         for f in files
     )
     looked = ", ".join(f"{label} {d}" for label, d in search_dirs(folder, root))
+    http_only = [] if os.environ.get("DLEXP_MIRRORS") or http_allowed() else [
+        b for b in MIRRORS.get(folder, []) if not b.startswith("https://")]
+    also = f" Plain-HTTP mirrors not tried ({', '.join(http_only)}): set DLEXP_ALLOW_HTTP=1 to use them." if http_only else ""
     return (
-        f"data set files for {folder!r} not found and not downloadable: {missing}. Looked in: {looked}. "
+        f"data set files for {folder!r} not found and not downloadable: {missing}.{also} Looked in: {looked}. "
         f"Download them by hand into {cache_dir(folder)} (or set dataset.root=<folder with the files>, "
         f"or DLEXP_DATA=<folder holding {folder}/>)."
     )
@@ -206,7 +222,7 @@ def _transfer(url: str, part: Path, size: int) -> None:
     if have:
         headers["Range"] = f"bytes={have}-"
     req = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+    with urllib.request.build_opener(_NoDowngrade).open(req, timeout=TIMEOUT_S) as resp:
         resumed = have > 0 and resp.status == 206 and resp.headers.get("Content-Range", "").startswith(f"bytes {have}-")
         if not resumed:
             have = 0
@@ -214,6 +230,15 @@ def _transfer(url: str, part: Path, size: int) -> None:
             while block := resp.read(1 << 16):
                 out.write(block)
                 advance(len(block))
+
+
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, except from https to plain http (unless DLEXP_ALLOW_HTTP is set)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if req.full_url.startswith("https://") and not newurl.startswith("https://") and not http_allowed():
+            raise urllib.error.HTTPError(req.full_url, code, f"redirect to plain HTTP refused ({newurl})", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class _progress:
