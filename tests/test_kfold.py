@@ -370,6 +370,8 @@ def bad_cases(tmp_csv: Path) -> dict[str, list[str]]:
         "zero jobs": [*DIGITS, "--jobs", "0"],
         "bad --at": [*DIGITS, "--at", "middle"],
         "bad study name": [*DIGITS, "--study", "a/b"],
+        "negative seed": [*DIGITS, "--seed", "-1"],
+        "seed too large for numpy": [*DIGITS, "--seed", str(2**32)],
     }
 
 

@@ -179,6 +179,8 @@ def test_storage_conventions(tmp_path):
     (["sweep=lr_wd", "--pruner", "wilcoxon"], "--pruner wilcoxon: compares per-fold scores, so it needs --cv K"),
     (["sweep=lr_wd", "--metric", "val/rmse"], "--metric val/rmse: not a metric of digits (classification); choose one of: val/loss, val/acc"),
     (["sweep=lr_wd", "--trials", "0"], "--trials: must be >= 1, got 0"),
+    (["sweep=lr_wd", "--seed", "-1"], "--seed: must be in [0, 2**32), got -1"),
+    (["sweep=lr_wd", "--seed", "4294967296"], "--seed: must be in [0, 2**32), got 4294967296"),
     (["sweep=lr_wd", "--sampler", "grid"], "--sampler grid: optimizer.lr is continuous"),
     (["sweep=lr_wd", "optimizer.lr=0.1"], "optimizer.lr: fixed on the command line (optimizer.lr=0.1) and searched by sweep=lr_wd"),
     (["sweep=lr_wd", "trainer.epochz=3"], "trainer.epochz: unknown key"),

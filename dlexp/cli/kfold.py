@@ -62,6 +62,8 @@ def kfold(
     with user_errors(debug):
         if jobs < 1:
             raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
+        if not 0 <= seed < 2**32:  # scikit-learn's splitters take numpy's legacy seeds
+            raise ConfigError(f"--seed: must be in [0, 2**32), got {seed}")
         if at not in ("final", "best"):
             raise ConfigError(f"--at: expected final or best, got {at!r}")
         if study is not None and not re.match(r"^[A-Za-z0-9_.-]{1,80}$", study):

@@ -68,6 +68,8 @@ def _plan(overrides: list[str], **o) -> dict[str, Any]:
         raise ConfigError(f"--trials: must be >= 1, got {o['trials']}")
     if o["jobs"] < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {o['jobs']}")
+    if not 0 <= o["seed"] < 2**32:  # Optuna's samplers seed numpy's legacy generator
+        raise ConfigError(f"--seed: must be in [0, 2**32), got {o['seed']}")
     if o["timeout"] is not None and o["timeout"] <= 0:
         raise ConfigError(f"--timeout: must be > 0 seconds, got {o['timeout']}")
     if o["heartbeat"] < 1:
