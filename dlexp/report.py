@@ -796,8 +796,10 @@ def save_figure(fig, out_dir, stem: str) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
     png = buf.getvalue()
-    (out_dir / f"{stem}.png").write_bytes(png)
-    fig.savefig(out_dir / f"{stem}.svg", bbox_inches="tight")
+    from dlexp.atomic import atomic_write
+
+    atomic_write(out_dir / f"{stem}.png", png)
+    atomic_write(out_dir / f"{stem}.svg", lambda tmp: fig.savefig(tmp, format="svg", bbox_inches="tight"))
     plt.close(fig)
     return png
 

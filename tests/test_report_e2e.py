@@ -28,3 +28,23 @@ def test_report_on_real_runs(cli, results_dir, tmp_path):
     assert len(list(out.glob("*.png"))) == 4 and "data:image/png;base64," in (out / "index.html").read_text()
     r = invoke("--results-dir", str(results_dir), "--format", "csv")
     assert pd.read_csv(io.StringIO(r.stdout))["optimizer.name"].tolist() == ["adam", "sgd"]
+
+
+def test_an_unwritable_out_is_one_line_exit_1_and_an_earlier_report_stays_whole(cli, results_dir, tmp_path):
+    r = cli("run", "trainer.epochs=1", "trainer.batch_size=512", "trainer.device=cpu", f"results_dir={results_dir}", "-q")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "report"
+    r = invoke("--results-dir", str(results_dir), "--out", str(out), "--format", "csv")
+    assert r.exit_code == 0, r.output
+    before = (out / "report.csv").read_bytes()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    r = invoke("--results-dir", str(results_dir), "--out", str(blocker / "sub"), "--format", "csv")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and str(blocker) in r.stderr
+    assert (out / "report.csv").read_bytes() == before  # the earlier report is untouched
+
+
+def test_user_input_in_an_error_is_shown_as_typed_not_as_markup(cli):
+    r = cli("run", "[red]x=1")
+    assert r.exit_code == 2 and "[red]x" in r.stderr

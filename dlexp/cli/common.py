@@ -16,7 +16,10 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print `error: message` on one line to stderr; return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    # the message may quote user input ("[red]x=1"): escaped, so rich shows it as typed
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from dlexp.atomic import atomic_write
 from dlexp.cli.common import err, fail, out
 
 FORMAT_SUFFIX = {"md": "md", "csv": "csv", "latex": "tex", "json": "json"}
@@ -47,6 +48,10 @@ def report(
         if debug:
             raise
         raise fail(str(e)) from None
+    except OSError as e:  # --out or --html not writable, a full disk: one line; earlier files stay whole
+        if debug:
+            raise
+        raise fail(f"cannot write {e.filename or (out_dir or html)}: {e.strerror or e}", code=1) from None
 
 
 def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_dir, fmt, html, include_failed, where) -> None:
@@ -112,8 +117,7 @@ def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_di
     if out_dir is not None:
         fmt = fmt or "md"
         path = Path(out_dir) / f"report.{FORMAT_SUFFIX[fmt]}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(rp.format_table(table, fmt, meta))
+        atomic_write(path, rp.format_table(table, fmt, meta))
         err.print(f"wrote {path}", markup=False)
 
     images = []
@@ -128,8 +132,7 @@ def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_di
             err.print(f"wrote {len(figs)} plots (PNG and SVG) to {plot_dir}/", markup=False)
     if html:
         page = rp.html_page(f"dlexp report: {metric} at {at}", table, notes, images)
-        Path(html).parent.mkdir(parents=True, exist_ok=True)
-        Path(html).write_text(page)
+        atomic_write(html, page)
         err.print(f"wrote {html}", markup=False)
 
 
@@ -170,8 +173,7 @@ def _study_report(rp, results_dir, name, storage, out_dir, fmt, html) -> None:
     plot_dir = Path(out_dir or "report")
     if out_dir is not None:
         path = plot_dir / f"study_{name}.{FORMAT_SUFFIX[fmt or 'csv']}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(rp.format_table(trials, fmt or "csv", {"study": name}))
+        atomic_write(path, rp.format_table(trials, fmt or "csv", {"study": name}))
         err.print(f"wrote {path}", markup=False)
     figs, notes = rp.study_plots(st)
     for n in notes:
@@ -179,8 +181,7 @@ def _study_report(rp, results_dir, name, storage, out_dir, fmt, html) -> None:
     images = [(stem, rp.save_figure(fig, plot_dir, stem)) for stem, fig in figs]
     err.print(f"wrote {len(images)} plots (PNG and SVG) to {plot_dir}/", markup=False)
     if html:
-        Path(html).parent.mkdir(parents=True, exist_ok=True)
-        Path(html).write_text(rp.html_page(f"dlexp study {name}", trials, notes, images))
+        atomic_write(html, rp.html_page(f"dlexp study {name}", trials, notes, images))
         err.print(f"wrote {html}", markup=False)
 
 
