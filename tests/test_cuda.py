@@ -44,6 +44,42 @@ def test_lenet_trains_on_cuda(make_cfg, data_env):
     assert res.status == "ok"
 
 
+DATASETS = {  # every dataset except csv (it needs a user's file), shrunk where it is large
+    "digits": [], "synthetic": [], "synthetic_wd": [], "airfoil": [], "house_prices": [],
+    "fashion_mnist": ["dataset.num_train=2048", "dataset.num_test=512"],
+    "mnist": ["dataset.num_train=2048", "dataset.num_test=512"],
+}
+
+
+def test_the_dataset_table_covers_every_dataset_but_csv():
+    assert sorted(DATASETS) == sorted(set(conf_choices("dataset")) - {"csv"})
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+def test_every_dataset_trains_on_cuda(make_cfg, data_env, dataset):
+    res = _train(make_cfg, f"dataset={dataset}", *DATASETS[dataset])
+    assert res.status == "ok" and res.device.startswith("cuda")
+
+
+def test_no_host_synchronisation_per_step_on_cuda(make_cfg):
+    """Losses and metrics stay on the device until the end of the epoch: 4x the steps per epoch
+    must not add a single synchronizing CUDA call (torch's sync debug mode warns on each one)."""
+    import warnings
+
+    counts = []
+    for batch_size in (256, 64):
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                res = _train(make_cfg, f"trainer.batch_size={batch_size}", "trainer.epochs=2", "optimizer=adam")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert res.status == "ok"
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts[0] == counts[1], counts
+
+
 def test_same_seed_is_bit_identical_on_cuda_in_deterministic_mode(make_cfg):
     a = _train(make_cfg, "trainer.deterministic=true", "model.dropout=0.3")
     b = _train(make_cfg, "trainer.deterministic=true", "model.dropout=0.3")
