@@ -26,6 +26,7 @@ from typing import Any, Iterable
 from dlexp.atomic import atomic_write  # noqa: F401  (re-exported: results.atomic_write)
 
 METRIC_COLUMNS = ["run_id", "epoch", "step", "split", "metric", "value", "time_s"]
+NUMERIC_METRIC_COLUMNS = ["epoch", "step", "value", "time_s"]
 STATUSES = ("ok", "diverged", "pruned", "interrupted", "failed")
 
 
@@ -123,7 +124,7 @@ def load_runs(results_dir: str | Path = "results"):
                 raise ValueError("summary.json or config.yaml is not a mapping")
             flat = flatten(cfg)
         except (OSError, ValueError, yaml.YAMLError) as e:
-            print(f"warning: skipping run {d.name}: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"warning: skipping run {d.name}: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
             continue
         row = {"run_id": d.name}
         row.update(flat)
@@ -132,8 +133,22 @@ def load_runs(results_dir: str | Path = "results"):
                 row.update({f"{k}.{m}": x for m, x in v.items()})
             elif k != "run_id":
                 row[k] = v
+        wrong = [k for k, v in row.items() if _numeric_field(k) and v is not None
+                 and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+        if wrong:
+            print(f"warning: skipping run {d.name}: summary.json {wrong[0]} is not a number ({row[wrong[0]]!r})", file=sys.stderr)
+            continue
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _numeric_field(key: str) -> bool:
+    return key.startswith(("final.", "best.")) or key in ("duration_s", "epochs_completed", "steps")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def load_metrics(results_dir: str | Path = "results"):
@@ -155,12 +170,22 @@ def load_metrics(results_dir: str | Path = "results"):
                 data = data[: data.rfind(b"\n") + 1]
             frame = pd.read_csv(io.BytesIO(data))
         except (OSError, ValueError) as e:
-            print(f"warning: skipping metrics of run {d.name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+            print(f"warning: skipping metrics of run {d.name}: {_first_line(e)}", file=sys.stderr)
             continue
-        if list(frame.columns) != list(METRIC_COLUMNS):
-            print(f"warning: skipping metrics of run {d.name}: columns {list(frame.columns)} are not dlexp's", file=sys.stderr)
+        missing = [c for c in METRIC_COLUMNS if c not in frame.columns]  # sweeps and kfold add columns
+        if missing:
+            print(f"warning: skipping metrics of run {d.name}: no column {missing[0]!r}", file=sys.stderr)
             continue
-        frames.append(frame)
+        if frame.empty:
+            continue  # interrupted in its first epoch: a header and no rows
+        numbers = frame[NUMERIC_METRIC_COLUMNS].apply(pd.to_numeric, errors="coerce")
+        # 'nan' (a diverged run's value) reads as NaN already; only text that is not a number is damage
+        damaged = (numbers.isna() & frame[NUMERIC_METRIC_COLUMNS].notna()).any(axis=1)
+        if damaged.any():
+            print(f"warning: metrics of run {d.name}: dropping {int(damaged.sum())} row(s) whose numbers do not parse",
+                  file=sys.stderr)
+        frame[NUMERIC_METRIC_COLUMNS] = numbers
+        frames.append(frame[~damaged])
     if not frames:
         return pd.DataFrame(columns=METRIC_COLUMNS)
     return pd.concat(frames, ignore_index=True)

@@ -387,3 +387,44 @@ def test_load_metrics_warns_about_a_metrics_csv_cut_mid_row(damaged, results_dir
     mine = m[m["run_id"] == damaged["truncated"].name]
     assert damaged["truncated"].name in err and "mid-row" in err
     assert len(mine) > 0 and not mine.isna().any().any()
+
+
+@pytest.fixture
+def more_damage(cli, results_dir) -> dict[str, Path]:
+    """Four finished runs: one interrupted in its first epoch (a header-only metrics.csv), one with text
+    in a metrics value, one whose summary.json has a string for a number, one good."""
+    r = cli("run", "-m", "seed=0,1,2,3", *SMALL, "trainer.epochs=2", f"results_dir={results_dir}", "--quiet")
+    assert r.exit_code == 0, r.output
+    runs = dict(zip(["header_only", "text_value", "wrong_type", "good"], run_dirs(results_dir)))
+    path = runs["header_only"] / "metrics.csv"
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    path = runs["text_value"] / "metrics.csv"
+    lines = path.read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[5] = "high"  # the value column
+    path.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    summary = json.loads((runs["wrong_type"] / "summary.json").read_text())
+    summary["final"]["test/acc"] = "high"
+    (runs["wrong_type"] / "summary.json").write_text(json.dumps(summary))
+    return runs
+
+
+def test_report_plots_and_tables_survive_header_only_text_and_wrongly_typed_files(cli, more_damage, results_dir, tmp_path):
+    r = cli("report", "--results-dir", str(results_dir), "--plots", "curves,lr,final", "--out", str(tmp_path / "rep"),
+            "--format", "csv", "--target", "val/acc=0.1")
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    warned = [l for l in r.stderr.splitlines() if l.startswith("warning")]
+    assert any(more_damage["wrong_type"].name in l and "test/acc" in l for l in warned)
+    assert any(more_damage["text_value"].name in l and "do not parse" in l for l in warned)
+    assert len(list((tmp_path / "rep").glob("*.png"))) == 4  # curves vs epoch and vs time, lr, final
+
+
+def test_load_metrics_keeps_numbers_numeric_and_drops_only_damaged_rows(more_damage, results_dir):
+    from dlexp.results import load_metrics
+
+    m = load_metrics(results_dir)
+    assert all(pd.api.types.is_numeric_dtype(m[c]) for c in ("epoch", "step", "value", "time_s"))
+    per_run = m.groupby("run_id").size()
+    assert more_damage["header_only"].name not in per_run
+    assert per_run[more_damage["text_value"].name] == per_run[more_damage["good"].name] - 1

@@ -48,3 +48,23 @@ def test_an_unwritable_out_is_one_line_exit_1_and_an_earlier_report_stays_whole(
 def test_user_input_in_an_error_is_shown_as_typed_not_as_markup(cli):
     r = cli("run", "[red]x=1")
     assert r.exit_code == 2 and "[red]x" in r.stderr
+
+
+def test_sweep_trials_and_kfold_folds_keep_their_curves(cli, results_dir, tmp_path, capsys):
+    """Their metrics.csv carry extra columns (study, trial / candidate, fold, repeat): all are loaded."""
+    from dlexp.results import load_metrics, load_runs
+
+    small = ["trainer.epochs=2", "trainer.batch_size=512", "trainer.device=cpu", f"results_dir={results_dir}"]
+    r = cli("sweep", "sweep=lr_wd", "--trials", "3", "--pruner", "none", "-q", *small)
+    assert r.exit_code == 0, r.output
+    r = cli("kfold", "--folds", "2", "-q", *small)
+    assert r.exit_code == 0, r.output
+    capsys.readouterr()
+    runs, metrics = load_runs(results_dir), load_metrics(results_dir)
+    assert "warning" not in capsys.readouterr().err
+    assert len(runs) == 5 and set(metrics["run_id"]) == set(runs["run_id"])
+    assert {"study", "trial", "fold"} <= set(metrics.columns)
+    r = invoke("--results-dir", str(results_dir), "--metric", "val/acc", "--target", "val/acc=0.05", "--format", "csv")
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(io.StringIO(r.stdout))
+    assert table["n"].sum() == 5 and "warning" not in r.stderr
