@@ -90,6 +90,8 @@ def load_space(name: str, config_dir: str | Path | None = None) -> Space:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"sweep={name}: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"sweep={name}: cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     return parse_space(data, name, config.describe(path), config_dir)
 
 
@@ -161,6 +163,8 @@ def _param(key: str, spec: Any, where: str) -> Param:
             or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
         raise ConfigError(f"{where}: {kind} needs [low, high], got {bounds!r}")
     p.low, p.high = bounds
+    if not all(math.isfinite(b) for b in bounds):
+        raise ConfigError(f"{where}: {kind} bounds must be finite numbers, got {bounds!r}")
     if kind == "int" and not all(isinstance(b, int) for b in bounds):
         raise ConfigError(f"{where}: int bounds must be integers, got {bounds!r}")
     if p.low >= p.high:
@@ -240,6 +244,33 @@ def sampled_keys(space: Space, values: dict[str, Any]) -> dict[str, Any]:
             out[p.name] = values[p.name]
         elif p.otherwise is not _UNSET and not active(p, values):
             out[p.name] = p.otherwise
+    return out
+
+
+def probes(space: Space) -> list[dict[str, Any]]:
+    """Sampled-value sets that together touch every parameter's bounds and every choice, so that a
+    space whose values a config refuses (an unknown key, a string for a number, a 0-unit layer) is
+    refused before the first trial. One set per (parameter, probe value); the others take their
+    first probe value, or a value that makes the parameter active (its `when`)."""
+    def values_of(p: Param) -> list[Any]:
+        if p.kind == "categorical":
+            return list(p.choices)
+        return [p.low, p.high]
+
+    out = []
+    for target in space.params:
+        for v in values_of(target):
+            values: dict[str, Any] = {}
+            for p in space.params:
+                if not active(p, values):
+                    continue
+                if p is target:
+                    values[p.name] = v
+                else:
+                    wanted = target.when.get(p.name)
+                    values[p.name] = wanted[0] if wanted else values_of(p)[0]
+            if target.name in values:
+                out.append(values)
     return out
 
 
@@ -382,10 +413,13 @@ def open_storage(kind: str, target: str, heartbeat: int | None = 10):
 
     if kind == "journal":
         # Optuna 5's journal storage has no heartbeat: a killed worker's trial stays RUNNING.
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
-        return JournalStorage(JournalFileBackend(target, lock_obj=JournalFileOpenLock(target)))
+        try:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(target, lock_obj=JournalFileOpenLock(target)))
+        except OSError as e:
+            raise ConfigError(f"--storage journal:{target}: {e.strerror or e}") from None
     engine_kwargs: dict[str, Any] = {}
     if target.startswith("sqlite"):
         path = Path(target.split(":///", 1)[1])
@@ -529,6 +563,10 @@ class Objective:
             if self.cv:
                 return self._cross_validate(trial, cfg)
             return self._run(trial, cfg)
+        except KeyboardInterrupt:
+            trial.set_user_attr("status", "interrupted")
+            trial.set_user_attr("reason", "interrupted (Ctrl-C)")
+            raise
         except Exception as e:
             import optuna
 
@@ -703,14 +741,23 @@ def trials_table(study, space: Space | None = None):
             **{k: t.params.get(k) for k in t.params},
             "value": t.value,
             "duration_s": duration,
-            "status": t.user_attrs.get("status"),
-            "reason": t.user_attrs.get("reason"),
+            "status": t.user_attrs.get("status") or _status_of_silent(t.state.name)[0],
+            "reason": t.user_attrs.get("reason") or _status_of_silent(t.state.name)[1],
             "run_id": t.user_attrs.get("run_id") or ";".join(t.user_attrs.get("run_ids", []) or []) or None,
             "epochs": t.user_attrs.get("epochs"),
             "train_s": t.user_attrs.get("train_s"),
         })
     columns = ["study", "trial", "state", *names, "value", "duration_s", "status", "reason", "run_id", "epochs", "train_s"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _status_of_silent(state: str) -> tuple[str | None, str | None]:
+    """Status and reason of a trial that recorded none: its worker died (heartbeat) or is running."""
+    if state == "FAIL":
+        return "failed", "its worker stopped without reporting (killed, or lost the storage); retried once"
+    if state == "RUNNING":
+        return "running", None
+    return None, None
 
 
 def best_trial(study):

@@ -179,6 +179,9 @@ def test_storage_conventions(tmp_path):
     (["sweep=lr_wd", "--pruner", "wilcoxon"], "--pruner wilcoxon: compares per-fold scores, so it needs --cv K"),
     (["sweep=lr_wd", "--metric", "val/rmse"], "--metric val/rmse: not a metric of digits (classification); choose one of: val/loss, val/acc"),
     (["sweep=lr_wd", "--trials", "0"], "--trials: must be >= 1, got 0"),
+    (["sweep=lr_wd", "--cv", "3", "--pruner", "wilcoxon"], "--pruner wilcoxon: needs --cv 5 or more to ever prune (got --cv 3)"),
+    (["sweep=lr_wd", "--cv", "5000"], "--cv: 5000 folds need at least 5000 samples"),
+    (["sweep=lr_wd", "--storage", "journal:/proc/no/x.log"], "--storage journal:/proc/no/x.log: "),
     (["sweep=lr_wd", "--seed", "-1"], "--seed: must be in [0, 2**32), got -1"),
     (["sweep=lr_wd", "--seed", "4294967296"], "--seed: must be in [0, 2**32), got 4294967296"),
     (["sweep=lr_wd", "--sampler", "grid"], "--sampler grid: optimizer.lr is continuous"),
@@ -247,7 +250,7 @@ def test_cv_optimizes_the_mean_over_folds_with_one_run_per_fold(tmp_path):
     import pandas as pd
 
     res = invoke("sweep=lr_wd", "trainer.epochs=1", "trainer.batch_size=512", "model.hidden=[16]", f"results_dir={tmp_path}",
-                 "--trials", "2", "--cv", "2", "--pruner", "wilcoxon", "--study", "cv", "--quiet")
+                 "--trials", "2", "--cv", "2", "--pruner", "median", "--study", "cv", "--quiet")
     assert res.exit_code == 0, res.output
     table = pd.read_csv(tmp_path / "sweeps" / "cv.trials.csv")
     assert len(table) == 2 and set(table.state) == {"COMPLETE"}
@@ -283,21 +286,25 @@ def test_same_seed_gives_the_same_sequence_of_trials(tmp_path):
 
 def test_diverged_trials_are_pruned_and_bad_values_fail_with_their_reason_and_the_sweep_goes_on(tmp_path):
     (tmp_path / "conf" / "sweep").mkdir(parents=True)
+    # every value composes (the probes before the first trial pass), but Nesterov without momentum is
+    # refused by the optimizer itself, inside the trial
     (tmp_path / "conf" / "sweep" / "wild.yaml").write_text(
-        "# lr so large that SGD diverges, sane, or invalid\nparams:\n  optimizer.lr: [1.0e+12, 0.1, -1.0]\n")
+        "# lr so large that SGD diverges, or sane; momentum 0 is invalid with nesterov\nparams:\n"
+        "  optimizer.lr: [1.0e+12, 0.1]\n  optimizer.momentum: [0.0, 0.9]\n  optimizer.nesterov: [true]\n")
     res = invoke("sweep=wild", *FAST, f"results_dir={tmp_path}", "--config-dir", str(tmp_path / "conf"),
-                 "--trials", "4", "--sampler", "grid", "--study", "wild", "--pruner", "none")
+                 "--trials", "5", "--sampler", "grid", "--study", "wild", "--pruner", "none")
     assert res.exit_code == 0, res.output
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "sweeps" / "wild.trials.csv")
-    failed = table[table["optimizer.lr"] < 0]
-    assert list(failed.state) == ["FAIL"] and "optimizer.lr: must be > 0" in failed.reason.iloc[0]
-    diverged = table[table["optimizer.lr"] > 1]
-    assert len(diverged) >= 1 and set(diverged.state) == {"PRUNED"}
+    failed = table[table["optimizer.momentum"] == 0]
+    assert list(failed.state) == ["FAIL", "FAIL"] and failed.reason.str.contains("Nesterov momentum requires a momentum").all()
+    assert set(failed.status) == {"failed"}
+    diverged = table[(table["optimizer.lr"] > 1) & (table["optimizer.momentum"] > 0)]
+    assert len(diverged) == 1 and set(diverged.state) == {"PRUNED"}
     assert diverged.reason.str.contains("train loss became nan").all()
-    assert list(table[table["optimizer.lr"] == 0.1].state) == ["COMPLETE"]
-    assert len(table) == 3  # the grid has three points: the sweep stops there, short of --trials 4
+    assert list(table[(table["optimizer.lr"] == 0.1) & (table["optimizer.momentum"] > 0)].state) == ["COMPLETE"]
+    assert len(table) == 4  # the grid has four points: the sweep stops there, short of --trials 5
     assert "grid is exhausted" in res.output
 
 
@@ -376,3 +383,33 @@ def test_the_command_module_imports_neither_torch_nor_optuna():
     code = "import sys, dlexp.cli.sweep; print(sorted(m for m in ('torch', 'optuna') if m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("param, expected", [
+    ("optimizer.bogus: {float: [0.1, 1]}", "optimizer.bogus: unknown key"),
+    ("optimizer.lr: {categorical: [a, b]}", "optimizer.lr: expected a number, got 'a'"),
+    ("model.hidden: [[64], [0]]", "model.hidden: expected a list of positive integers"),
+    ("optimizer.lr: {float: [.nan, 1]}", "optimizer.lr: float bounds must be finite"),
+    ("trainer.batch_size: {int: [0, 64]}", "trainer.batch_size: must be >= 1"),
+])
+def test_a_space_whose_values_a_config_refuses_is_refused_before_any_trial(param, expected, tmp_path):
+    (tmp_path / "conf" / "sweep").mkdir(parents=True)
+    (tmp_path / "conf" / "sweep" / "mine.yaml").write_text(f"params:\n  {param}\n")
+    res = invoke("sweep=mine", "--config-dir", str(tmp_path / "conf"), "trainer.epochs=1", f"results_dir={tmp_path / 'r'}", "--quiet")
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], res.output
+    assert not (tmp_path / "r" / "runs").exists() or not list((tmp_path / "r" / "runs").iterdir())
+
+
+def test_probes_touch_every_bound_and_choice_with_when_conditions_met():
+    space = sw.parse_space({"params": {
+        "optimizer": ["sgd", "adam"],
+        "optimizer.momentum": {"float": [0.0, 0.9], "when": {"optimizer": "sgd"}},
+        "optimizer.lr": {"float": [1e-4, 1.0], "log": True},
+    }}, "t")
+    got = sw.probes(space)
+    seen = {(k, v) for values in got for k, v in values.items()}
+    assert {("optimizer", "sgd"), ("optimizer", "adam"), ("optimizer.momentum", 0.0), ("optimizer.momentum", 0.9),
+            ("optimizer.lr", 1e-4), ("optimizer.lr", 1.0)} <= seen
+    assert all("optimizer.momentum" not in v or v["optimizer"] == "sgd" for v in got)

@@ -82,6 +82,10 @@ def _plan(overrides: list[str], **o) -> dict[str, Any]:
         raise ConfigError(f"--cv: K must be >= 2, got {o['cv']}")
     if o["pruner"] == "wilcoxon" and not o["cv"]:
         raise ConfigError("--pruner wilcoxon: compares per-fold scores, so it needs --cv K")
+    if o["pruner"] == "wilcoxon" and o["cv"] < 5:
+        # Optuna's WilcoxonPruner prunes at p < 0.1; with 3 folds the smallest one-sided p is 1/8, and
+        # with 4 only the last fold can reach it: it would never save a fold
+        raise ConfigError(f"--pruner wilcoxon: needs --cv 5 or more to ever prune (got --cv {o['cv']}); use median")
     if o["direction"] is not None and o["direction"] not in ("maximize", "minimize"):
         raise ConfigError(f"--direction: expected maximize or minimize, got {o['direction']!r}")
     if o["study"] is not None and not sw.STUDY_NAME.match(o["study"]):
@@ -97,6 +101,13 @@ def _plan(overrides: list[str], **o) -> dict[str, Any]:
     fixed = config.expand(fixed, multirun=False)[0]
     sw.check_fixed(space, fixed)
     base = config.compose(fixed, o["config_dir"])  # a bad fixed override: exit 2 before any trial
+    compose = sw.Composer(space, fixed, o["config_dir"])
+    for values in sw.probes(space):  # values a config refuses: exit 2 before any trial
+        try:
+            compose(values)
+        except ConfigError as e:
+            tried = " ".join(f"{k}={v}" for k, v in values.items())
+            raise ConfigError(f"sweep={space.name}: {e} (with {tried})") from None
     if o["sampler"] != "grid":
         sw.make_sampler(o["sampler"], 0, space)  # cmaes without its package: exit 2 now
     else:
@@ -109,6 +120,13 @@ def _plan(overrides: list[str], **o) -> dict[str, Any]:
     metric = o["metric"] or default
     if metric not in known:
         raise ConfigError(f"--metric {metric}: not a metric of {base.dataset.name} ({source.task}); choose one of: {', '.join(known)}")
+    if o["cv"]:
+        from dlexp.kfold import make_folds
+
+        try:
+            make_folds(source, o["cv"], seed=int(base.dataset.get("split_seed", 0)))
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("--folds", "--cv")) from None
     if not o["cv"] and metric.startswith("val/") and float(base.dataset.get("val_fraction", 0.0)) <= 0:
         raise ConfigError(f"--metric {metric}: dataset.val_fraction is 0, so there is no validation split; set it > 0 or use --cv K")
     direction = o["direction"] or (known[metric] if o["metric"] else default_direction)
@@ -167,7 +185,9 @@ def _quiet_optuna(debug: bool) -> None:
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.INFO if debug else optuna.logging.WARNING)
+    # Optuna logs each failed trial with its traceback at WARNING; dlexp prints the trial's one-line
+    # reason itself (and keeps it in trials.csv), so only --debug shows Optuna's log
+    optuna.logging.set_verbosity(optuna.logging.INFO if debug else optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=".*heartbeat.*")
 
@@ -270,9 +290,10 @@ class _Display:
                       f"{c['COMPLETE'] + c['PRUNED']} of {self.plan['trials']} trials finished", markup=False)
 
     def trial(self, study, frozen) -> None:
-        if self.quiet:
+        if self.quiet or frozen.number in self.seen:
             return
         if self.live is None:
+            self.seen.add(frozen.number)  # printed once, whether reported by this worker or seen in update()
             value = f" {frozen.value:.4g}" if frozen.value is not None else ""
             reason = frozen.user_attrs.get("reason")
             params = " ".join(f"{k}={_fmt(v)}" for k, v in frozen.params.items())
@@ -286,7 +307,6 @@ class _Display:
         elif not self.quiet:
             for t in study.get_trials(deepcopy=False):
                 if t.state.is_finished() and t.number not in self.seen:
-                    self.seen.add(t.number)
                     self.trial(study, t)
 
     def stop(self, study) -> None:
@@ -321,7 +341,8 @@ def _print_end(study, plan, written: dict[str, Path], reasons: list[str]) -> Non
     c = sw.counts(study)
     line = ", ".join(f"{k.lower()} {v}" for k, v in c.items() if v)
     out.print(f"study {plan['study']}: {line} (of {plan['trials']} to finish)", markup=False)
-    if "stuck" in reasons:
+    if "stuck" in reasons and c["RUNNING"] and c["COMPLETE"] + c["PRUNED"] < plan["trials"]:
+        # (a worker also stops "stuck" when the others' running trials will finish the study: no message then)
         err.print(f"{c['RUNNING']} trial(s) are RUNNING in a worker that may be gone; a journal storage has no heartbeat "
                   "to fail them, so use a database --storage for crash recovery", markup=False)
     if "exhausted" in reasons:
