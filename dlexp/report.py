@@ -160,7 +160,10 @@ def parse_target(text: str) -> tuple[str, float]:
     try:
         if not sep or "/" not in name:
             raise ValueError
-        return name.strip(), float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError
+        return name.strip(), number
     except ValueError:
         raise ReportError(f"--target: expected SPLIT/METRIC=VALUE such as val/acc=0.85, got {text!r}") from None
 

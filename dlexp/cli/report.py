@@ -54,6 +54,13 @@ def report(
         raise fail(f"cannot write {e.filename or (out_dir or html)}: {e.strerror or e}", code=1) from None
 
 
+def _check_destinations(rp, out_dir, html) -> None:
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise rp.ReportError(f"--out: {out_dir} exists and is not a folder")
+    if html is not None and Path(html).is_dir():
+        raise rp.ReportError(f"--html: {html} is a folder; give a file name such as {Path(html) / 'report.html'}")
+
+
 def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_dir, fmt, html, include_failed, where) -> None:
     import matplotlib
 
@@ -66,6 +73,7 @@ def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_di
         raise rp.ReportError(f"--ci: expected t or bootstrap, got {ci!r}")
     if fmt is not None and fmt not in FORMAT_SUFFIX:
         raise rp.ReportError(f"--format: expected md, csv, latex or json, got {fmt!r}")
+    _check_destinations(rp, out_dir, html)
     kinds = rp.parse_plots(plots)
     if html and not kinds:
         kinds = list(rp.PLOT_KINDS)
@@ -145,12 +153,15 @@ def _study_report(rp, results_dir, name, storage, out_dir, fmt, html) -> None:
     from dlexp import sweep
     from dlexp.errors import ConfigError
 
+    _check_destinations(rp, out_dir, html)
     try:
         kind, target = sweep.storage_target(storage, results_dir, name)
     except ConfigError as e:
         raise rp.ReportError(str(e)) from None
     if kind == "rdb" and target.startswith("sqlite:///") and not Path(target[len("sqlite:///"):]).is_file():
         raise rp.ReportError(f"--study {name}: no study file {target[len('sqlite:///'):]} (run `dlexp sweep` first, or pass --storage)")
+    if kind == "journal" and not Path(target).is_file():  # opening it would create an empty journal
+        raise rp.ReportError(f"--study {name}: no journal file {target} (run `dlexp sweep` first, or pass --storage)")
     try:
         st = optuna.load_study(study_name=name, storage=sweep.open_storage(kind, target, heartbeat=None))
     except (KeyError, ConfigError) as e:

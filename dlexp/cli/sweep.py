@@ -70,7 +70,7 @@ def _plan(overrides: list[str], **o) -> dict[str, Any]:
         raise ConfigError(f"--jobs: must be >= 1, got {o['jobs']}")
     if not 0 <= o["seed"] < 2**32:  # Optuna's samplers seed numpy's legacy generator
         raise ConfigError(f"--seed: must be in [0, 2**32), got {o['seed']}")
-    if o["timeout"] is not None and o["timeout"] <= 0:
+    if o["timeout"] is not None and not 0 < o["timeout"] < float("inf"):
         raise ConfigError(f"--timeout: must be > 0 seconds, got {o['timeout']}")
     if o["heartbeat"] < 1:
         raise ConfigError(f"--heartbeat: must be >= 1 second, got {o['heartbeat']}")
