@@ -8,6 +8,7 @@ allowed; the CLI prints it as one line and exits 2.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -156,7 +157,9 @@ def _compose(overrides: list[str], config_dir) -> Any:
             place = f" ({where.name}, line {where.line + 1})" if where is not None else ""
             raise ConfigError(f"config file{place}: {getattr(e, 'problem', None) or _first_line(str(e))}") from None
         if isinstance(e, OmegaConfBaseException) and not isinstance(e, HydraException):
-            raise ConfigError(_first_line(f"config: {e}")) from None
+            key = getattr(e, "full_key", None) or next(
+                (o.split("=", 1)[0].lstrip("+~") for o in overrides if _interpolates(o)), "config")
+            raise ConfigError(_first_line(f"{key}: {e}")) from None
         if not isinstance(e, HydraException):
             raise
         message = str(e)
@@ -198,18 +201,54 @@ def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None)
     for o in parsed:
         if o.is_sweep_override():
             raise ConfigError(f"{o.get_key_element()}: a sweep ({o.input_line}) needs -m/--multirun")
+    for o in parsed:
+        key = o.get_key_element()
+        if key.startswith("+") and key.lstrip("+") not in GROUPS:
+            # `+key=value` would add a key no part of dlexp reads: a typo would train silently
+            raise ConfigError(f"{key}: dlexp's configs have a fixed set of keys; set an existing one without '+' "
+                              "(dlexp run --cfg shows them)")
     _check_choices(parsed, config_dir)
     cfg = _compose(overrides, config_dir)
     # The same composition with only the group choices: its value types are what the files declare.
     choice_only = [o.input_line for o in parsed if o.get_key_element().lstrip("+~") in GROUPS]
     reference = _compose(choice_only, config_dir)
-    _check_types(cfg, reference)
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.resolve(cfg)  # ${...} interpolations: resolved once, here, so a bad one is a bad input
+        _check_groups(cfg)
+        _check_types(cfg, reference)
+    except OmegaConfBaseException as e:
+        # the key: OmegaConf's, or the first override holding an interpolation
+        key = getattr(e, "full_key", None) or next(
+            (o.get_key_element().lstrip("+~") for o in parsed if _interpolates(o.input_line)), "config")
+        raise ConfigError(f"{key}: {_first_line(str(e))}") from None
     validate(cfg)
     return cfg
 
 
+def _interpolates(override: str) -> bool:
+    """`key=${...}` (or `key=$\\{...\\}` as Hydra's sweep expansion escapes it)."""
+    return re.search(r"\$\\?\{", override.split("=", 1)[-1]) is not None
+
+
+def _check_groups(cfg) -> None:
+    """Every group is there (`~model` removes one), is a mapping and names its registry entry."""
+    from omegaconf import DictConfig
+
+    for group in ("model", "dataset", "optimizer", "schedule", "trainer"):
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            raise ConfigError(f"{group}: missing or not a mapping; every run needs one (dlexp list {group})")
+        if group != "trainer" and not isinstance(node.get("name"), str):
+            raise ConfigError(f"{group}.name: missing; a {group} config must say which one it is (name: ...)")
+
+
 # keys whose file declares a number but that also take a list, one value per layer
 NUMBER_OR_LIST = {"model.dropout"}
+# keys with a value in their file that take null to select the other form (see the files' comments)
+NULLABLE = {"schedule.lam", "schedule.milestones", "schedule.factor"}
 
 
 def _kind(ref) -> str:
@@ -242,6 +281,8 @@ def _check_types(cfg, reference, prefix: str = "") -> None:
         if ref is None:
             continue  # declared null (name, dataset.root, ...): its consumer checks what it gets
         if val is None:
+            if full in NULLABLE:
+                continue
             raise ConfigError(f"{full}: expected {_kind(ref)}, got null")
         if isinstance(ref, ListConfig):
             continue  # lists are checked by their consumers (model.hidden, schedule.boundaries, ...)
@@ -264,6 +305,8 @@ def _number(cfg, key: str, *, integer: bool = False) -> float:
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise ConfigError(f"{key}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value}")
     return value
 
 
@@ -302,6 +345,20 @@ def validate(cfg) -> None:
         raise ConfigError(f"optimizer.lr: must be > 0, got {cfg.optimizer.lr}")
     if _number(cfg, "optimizer.weight_decay") < 0:
         raise ConfigError(f"optimizer.weight_decay: must be >= 0, got {cfg.optimizer.weight_decay}")
+    if "betas" in cfg.optimizer:
+        betas = cfg.optimizer.betas
+        if (not hasattr(betas, "__len__") or isinstance(betas, str) or len(betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+            raise ConfigError(f"optimizer.betas: expected two numbers in [0, 1) such as [0.9, 0.999], got {betas!r}")
+    for key in ("num_train", "num_test"):
+        if cfg.dataset.get(key) is not None and _number(cfg, f"dataset.{key}", integer=True) < 1:
+            raise ConfigError(f"dataset.{key}: must be >= 1 (or null for all), got {cfg.dataset[key]}")
+    w = cfg.dataset.get("w")
+    if w is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                 for v in (list(w) if hasattr(w, "__len__") and not isinstance(w, str) else [w])):
+        raise ConfigError(f"dataset.w: expected a number or a list of numbers, got {w!r}")
+    if cfg.dataset.get("noise") is not None and _number(cfg, "dataset.noise") < 0:
+        raise ConfigError(f"dataset.noise: must be >= 0, got {cfg.dataset.noise}")
     _one_of(cfg, "optimizer.impl", ("dlexp", "torch"))
     _one_of(cfg, "optimizer.weight_decay_mode", ("coupled", "decoupled", "loss"))
     _one_of(cfg, "schedule.unit", ("epoch", "step"))

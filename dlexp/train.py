@@ -93,8 +93,21 @@ def build_optimizer(opt_cfg, groups: list[dict[str, Any]]) -> torch.optim.Optimi
         kwargs[key] = tuple(value) if key == "betas" else value
     try:
         return cls(groups, **kwargs)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, IndexError) as e:
         raise ConfigError(f"optimizer ({opt_cfg.name}): {e}") from None
+
+
+def check_buildable(cfg, splits: Splits) -> None:
+    """Build `cfg`'s model, optimizer and schedule for `splits` on the CPU, without training: a value
+    that only they refuse (momentum=-1, warmup longer than the run, LeNet on tabular data) is a
+    ConfigError before a grid or a K-fold study starts, not after its first points have run."""
+    model = build_model(cfg.model, splits.sample_shape, splits.num_outputs)
+    opt_cfg = cfg.optimizer
+    coupled = opt_cfg.weight_decay_mode == "coupled"
+    build_optimizer(opt_cfg, param_groups(model, float(opt_cfg.weight_decay) if coupled else 0.0, bool(opt_cfg.get("decay_bias", False))))
+    epochs = int(cfg.trainer.epochs)
+    steps = math.ceil(splits.train[0].shape[0] / int(cfg.trainer.batch_size))
+    make_schedule(cfg.schedule, base_lr=float(opt_cfg.lr), total=epochs if cfg.schedule.unit == "epoch" else epochs * steps)
 
 
 class _Accumulator:

@@ -211,6 +211,17 @@ def test_sigint_mid_training_is_exit_130_with_an_interrupted_complete_run(start,
     assert m["epoch"].max() < 30
 
 
+def test_sigterm_mid_training_ends_the_run_as_ctrl_c_does(start, results_dir):
+    p = start("run", *LONG, f"results_dir={results_dir}")
+    wait_for(lambda: has(results_dir, "metrics.csv"), p)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    m = assert_complete_metrics(only_run(results_dir), "interrupted")
+    assert m["epoch"].max() < 30
+
+
 def test_ctrl_c_during_an_epochs_writes_counts_that_epoch_as_completed(make_cfg, data_env):
     from dlexp.data import load_splits
     from dlexp.train import train

@@ -196,6 +196,58 @@ def test_an_empty_test_split_has_no_test_metrics_rather_than_zeros(cli, results_
     assert splits == {"train", "val"}
 
 
+@pytest.mark.parametrize("overrides, key", [
+    (["~model"], "model"),
+    (["~dataset"], "dataset"),
+    (["name=${foo}"], "name"),
+    (["optimizer.lr=${oc.env:DLEXP_SURELY_UNSET}"], "optimizer.lr"),
+    (["optimizer=adam", "optimizer.betas=[0.9]"], "optimizer.betas"),
+    (["optimizer=adam", "optimizer.betas=[0.9,0.99,0.9]"], "optimizer.betas"),
+    (["optimizer.weight_decay=nan"], "optimizer.weight_decay"),
+    (["optimizer.lr=inf"], "optimizer.lr"),
+    (["model.init_std=nan"], "model.init_std"),
+    (["dataset=synthetic", "dataset.noise=-1"], "dataset.noise"),
+    (["dataset=synthetic", "dataset.w=abc"], "dataset.w"),
+    (["dataset=synthetic", "dataset.num_train=-5"], "dataset.num_train"),
+    (["+trainer.epochz=5"], "trainer.epochz"),
+])
+def test_inputs_an_audit_found_are_one_line_errors_naming_the_key(cli, results_dir, overrides, key):
+    r = cli("run", *SMALL, f"results_dir={results_dir}", *overrides)
+    assert r.exit_code == 2, r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and key in r.stderr and "Traceback" not in r.output
+    assert run_dirs(results_dir) == []
+
+
+@pytest.mark.parametrize("overrides", [
+    ["schedule=exponential", "schedule.lam=null", "schedule.gamma=0.9"],
+    ["schedule=piecewise", "schedule.milestones=null", "schedule.factor=null", "schedule.boundaries=[1,2]", "schedule.values=[1,0.1,0.01]"],
+])
+def test_the_documented_null_forms_of_the_schedules_are_accepted(overrides):
+    cfg = compose(overrides)
+    assert cfg.schedule.name in ("exponential", "piecewise")
+
+
+def test_a_bad_grid_point_is_refused_before_any_point_trains(cli, results_dir):
+    r = cli("run", "-m", *SMALL, f"results_dir={results_dir}", "optimizer.momentum=0,-1")
+    assert r.exit_code == 2 and "momentum" in r.stderr
+    assert run_dirs(results_dir) == []
+    r = cli("kfold", "--folds", "2", "-m", *SMALL, f"results_dir={results_dir}", "optimizer.momentum=0,-1")
+    assert r.exit_code == 2 and "momentum" in r.stderr
+    assert not results_dir.exists() or not any(results_dir.rglob("*.csv"))
+
+
+def test_usage_errors_of_the_installed_command_are_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    for args in (["run", "--jobs", "abc"], ["run", "--bogus"], ["bogus"], ["check-optimizers", "--device", "foo"]):
+        r = subprocess.run([sys.executable, "-m", "dlexp", *args], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error:"), (args, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "dlexp", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and "Usage" in r.stdout
+
+
 def test_the_documented_per_layer_dropout_list_is_accepted_on_the_command_line():
     cfg = compose(["model.hidden=[8,8]", "model.dropout=[0.1,0.2]"])
     assert list(cfg.model.dropout) == [0.1, 0.2]

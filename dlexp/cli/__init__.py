@@ -30,5 +30,33 @@ app.command("report")(report)
 app.command("check-optimizers")(check_optimizers)
 
 
+def _terminate(signum, frame) -> None:
+    # SIGTERM (`kill PID`, a batch scheduler's time limit) ends a run as Ctrl-C does: the run is
+    # marked interrupted with its finished epochs kept, a grid or sweep stops cleanly, exit 130
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    app()
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:
+        # Typer's usage errors (a bad option value, an unknown option or command) print as a box of
+        # several lines; dlexp's convention is one line and exit 2. (Typer vendors click, so its
+        # exception classes are matched by their interface rather than imported.)
+        if type(e).__name__ == "Abort":
+            sys.exit(130)
+        if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
+            raise
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())
+            sys.exit(0)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = " ".join(e.format_message().split())
+        print(f"error: {message}{where}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

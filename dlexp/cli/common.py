@@ -19,6 +19,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     from rich.markup import escape
 
     # the message may quote user input ("[red]x=1"): escaped, so rich shows it as typed
+    message = " ".join(message.split("\n"))  # one line, even when a library's message has several
     err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 

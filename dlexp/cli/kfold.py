@@ -76,16 +76,17 @@ def kfold(
         source = _source(cfgs[0].dataset)
         from dlexp.kfold import check_metric, default_metric, direction_of, make_folds
 
-        metric_name = check_metric(metric, source) if metric else default_metric(source)[0]
+        metric_name = check_metric(metric, source) if metric is not None else default_metric(source)[0]
         direction = direction_of(metric_name)
         fold_list = make_folds(source, folds, repeats=repeats, seed=seed, stratify=stratify)
-        # a model that does not fit the data (lenet on tabular data) fails here, before anything is written
+        # a model, optimizer or schedule a candidate cannot build (lenet on tabular data, momentum=-1)
+        # fails here, before anything is written
         from dlexp.kfold import fold_splits
-        from dlexp.models import build_model
+        from dlexp.train import check_buildable
 
-        shape = fold_splits(source, fold_list[0]).sample_shape
+        first = fold_splits(source, fold_list[0])
         for c in cfgs:
-            build_model(c.model, shape, source.num_outputs)
+            check_buildable(c, first)
         results_dir = cfgs[0].results_dir
         from dlexp.results import check_writable
 

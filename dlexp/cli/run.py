@@ -45,11 +45,28 @@ def run(
 
         for c in {c.results_dir for c in cfgs}:
             check_writable(c)
+        if len(cfgs) > 1:
+            _preflight(cfgs)
         if len(cfgs) == 1:
             status = _single(cfgs[0], quiet)
         else:
             status = _grid(grid, cfgs, jobs, config_dir, quiet)
     raise typer.Exit(status)
+
+
+def _preflight(cfgs) -> None:
+    """Every grid point's data, model, optimizer and schedule built before the first run (each data
+    set loaded once): a bad point is exit 2 with nothing trained, with or without --jobs."""
+    from dlexp import config
+    from dlexp.data import load_splits
+    from dlexp.train import check_buildable
+
+    splits: dict[str, object] = {}
+    for c in cfgs:
+        key = config.to_yaml(c.dataset)
+        if key not in splits:
+            splits[key] = load_splits(c.dataset)
+        check_buildable(c, splits[key])
 
 
 def _resume(resume: str, overrides: list[str], quiet: bool) -> int:

@@ -49,7 +49,8 @@ def adadelta(
         Delta x_t = rho Delta x_{t-1} + (1 - rho) g'_t^2                (`acc_delta`)
         x_t = x_{t-1} - lr * g'_t
 
-    Here torch agrees with d2l and the paper: eps is *inside* both roots (eps=1e-6 in all three).
+    Here torch agrees with d2l and the paper: eps is *inside* both roots (torch and the paper use
+    eps=1e-6; d2l's from-scratch code uses 1e-5).
     d2l's from-scratch code has no lr (lr=1, torch's default). State: `step`, `square_avg`,
     `acc_delta`.
     """
