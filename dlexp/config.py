@@ -60,8 +60,21 @@ def choices(group: str, config_dir: str | Path | None = None) -> dict[str, Path]
     return dict(sorted(found.items()))
 
 
-def expand(overrides: Iterable[str], multirun: bool) -> list[list[str]]:
-    """Expand a sweep (`a=1,2 b=range(0,3)`) into one override list per run, with Hydra's own parser.
+class _GroupOptions:
+    """What Hydra's `glob(...)` sweep asks its ConfigLoader for: the choices of a config group."""
+
+    def __init__(self, config_dir):
+        self.config_dir = config_dir
+
+    def get_group_options(self, group: str, results_filter=None) -> list[str]:
+        if group not in GROUPS:
+            raise ConfigError(f"{group}: glob() picks among a config group's choices ({', '.join(GROUPS)})")
+        return sorted(choices(group, self.config_dir))
+
+
+def expand(overrides: Iterable[str], multirun: bool, config_dir: str | Path | None = None) -> list[list[str]]:
+    """Expand a sweep (`a=1,2 b=range(0,3) optimizer=glob(ada*)`) into one override list per run, with
+    Hydra's own parser.
 
     Without `multirun`, a sweep value is an error (as in Hydra) and exactly one run comes back.
     """
@@ -79,6 +92,8 @@ def expand(overrides: Iterable[str], multirun: bool) -> list[list[str]]:
         raise ConfigError(f"{sweeps[0].get_key_element()}: a sweep ({sweeps[0].input_line}) needs -m/--multirun")
     if any(o.is_hydra_override() for o in parsed):
         raise ConfigError("hydra.*: Hydra's own settings cannot be overridden here; use dlexp's options")
+    for o in parsed:
+        o.config_loader = _GroupOptions(config_dir)  # for glob()
     try:
         batches = BasicSweeper.split_arguments(parsed, None)
     except HydraException as e:

@@ -18,6 +18,19 @@ from dlexp import results
 from dlexp.config import to_yaml
 
 
+
+def cpu_name() -> str:
+    """The processor's model name ("Intel(R) Xeon(R) ..."): /proc/cpuinfo on Linux, else platform's."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def meta(cfg, device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
 
@@ -29,7 +42,7 @@ def meta(cfg, device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "command": sys.argv,
         "seed": int(cfg.seed),

@@ -180,3 +180,16 @@ def test_users_config_dir_shadows_a_shipped_choice(tmp_path, results_dir):
 def test_missing_config_dir_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="config-dir"):
         compose([], config_dir=tmp_path / "nope")
+
+
+def test_glob_sweeps_a_config_group_including_the_users_own_choices(tmp_path):
+    from dlexp.config import expand
+
+    runs = expand(["optimizer=glob(ada*)", "seed=0"], multirun=True)
+    assert [r[0] for r in runs] == ["optimizer=adadelta", "optimizer=adagrad", "optimizer=adam", "optimizer=adamw"]
+    (tmp_path / "optimizer").mkdir()
+    (tmp_path / "optimizer" / "adamine.yaml").write_text("# mine\nname: adam\nlr: 0.1\n")
+    runs = expand(["optimizer=glob(adam*)"], multirun=True, config_dir=tmp_path)
+    assert [r[0] for r in runs] == ["optimizer=adam", "optimizer=adamine", "optimizer=adamw"]
+    with pytest.raises(ConfigError, match="optimizer.lr: glob"):
+        expand(["optimizer.lr=glob(a*)"], multirun=True)

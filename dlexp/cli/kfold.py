@@ -68,7 +68,7 @@ def kfold(
             raise ConfigError(f"--at: expected final or best, got {at!r}")
         if study is not None and not re.match(r"^[A-Za-z0-9_.-]{1,80}$", study):
             raise ConfigError(f"--study: use letters, digits, '.', '_' or '-', got {study!r}")
-        grid = config.expand(list(overrides or []), multirun)
+        grid = config.expand(list(overrides or []), multirun, config_dir)
         cfgs = [config.compose(o, config_dir) for o in grid]
         datasets = {config.to_yaml(c.dataset) for c in cfgs}
         if len(datasets) > 1:

@@ -88,6 +88,7 @@ def _report(rp, results_dir, by, metric, at, baseline, ci, target, plots, out_di
         runs = rp.filter_runs(runs, where)
     rp.check_comparable(runs)
     keys = [rp.resolve_key(k.strip(), runs) for k in by.split(",") if k.strip()] if by else rp.varying_keys(runs)
+    keys = list(dict.fromkeys(keys))  # --by optimizer,optimizer.name: one key
     metric = rp.resolve_metric(metric, runs, at)
 
     notes = []
@@ -234,7 +235,7 @@ def _print_tables(summary, tt, comparison, metric, at, target, baseline) -> None
         t.add_row(*row)
     out.print(t)
     if comparison is not None and len(comparison):
-        c = Table(title=f"paired vs {baseline} ({metric}: group - baseline, paired by seed; p Holm-corrected)")
+        c = Table(title=f"paired vs {baseline} ({metric}: group - baseline, paired by seed and fold; p Holm-corrected)")
         for name in ("group", "baseline", "pairs", "mean diff", "95% CI", "p (t-test)", "p (Wilcoxon)"):
             c.add_column(name, justify="left" if name in ("group", "baseline") else "right")
         for r in comparison.to_dict(orient="records"):

@@ -32,7 +32,7 @@ def run(
             raise config.ConfigError(f"--jobs: must be >= 1, got {jobs}")
         if resume is not None:
             raise typer.Exit(_resume(resume, overrides, quiet))
-        grid = config.expand(overrides, multirun)
+        grid = config.expand(overrides, multirun, config_dir)
         cfgs = [config.compose(o, config_dir) for o in grid]  # every point checked before any run starts
         if cfg:
             # plain stdout, not rich: rich wraps long lines, which would break the YAML

@@ -98,7 +98,7 @@ def _plan(overrides: list[str], **o) -> dict[str, Any]:
         raise ConfigError(f"sweep=NAME: {'give one search space' if not names else 'give only one sweep='}; "
                           f"choose one of: {', '.join(spaces) or '(none)'}")
     space = sw.load_space(names[0], o["config_dir"])
-    fixed = config.expand(fixed, multirun=False)[0]
+    fixed = config.expand(fixed, multirun=False, config_dir=o["config_dir"])[0]
     sw.check_fixed(space, fixed)
     base = config.compose(fixed, o["config_dir"])  # a bad fixed override: exit 2 before any trial
     compose = sw.Composer(space, fixed, o["config_dir"])
