@@ -92,7 +92,7 @@ def test_list_shows_every_choice_of_every_group_with_its_description(cli_subproc
     res = cli_subprocess("list", extra_env={"COLUMNS": "400"})
     assert res.exit_code == 0, res.output
     rows = {(g, c): d for g, c, d in listed_rows(res.stdout)}
-    for group in ("model", "dataset", "optimizer", "schedule", "trainer"):
+    for group in ("model", "dataset", "optimizer", "schedule", "trainer", "experiment", "sweep"):
         for name, description in yaml_descriptions(group).items():
             assert rows.get((group, name)) == description, (group, name)
 

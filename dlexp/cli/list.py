@@ -11,21 +11,23 @@ from dlexp.cli.common import fail, out
 
 
 def list_choices(
-    group: Annotated[Optional[str], typer.Argument(help="One group: model, dataset, optimizer, schedule, trainer, experiment.")] = None,
+    group: Annotated[Optional[str], typer.Argument(help="One group: model, dataset, optimizer, schedule, trainer, experiment, or sweep (search spaces for dlexp sweep).")] = None,
     config_dir: Annotated[Optional[str], typer.Option("--config-dir", help="Also list the choices in this config folder.")] = None,
 ) -> None:
     """Show the choices of each config group with a one-line description."""
     from dlexp.config import GROUPS, choices, describe
     from dlexp.errors import ConfigError
 
-    if group is not None and group not in GROUPS:
-        raise fail(f"group {group!r}: unknown; choose one of: {', '.join(GROUPS)}")
+    # sweep/ holds dlexp sweep's search spaces (sweep=NAME), not a group of the run config
+    listed = (*GROUPS, "sweep")
+    if group is not None and group not in listed:
+        raise fail(f"group {group!r}: unknown; choose one of: {', '.join(listed)}")
     table = Table(title="config choices (use as GROUP=CHOICE)", show_lines=False)
     table.add_column("group")
     table.add_column("choice")
     table.add_column("description")
     try:
-        for g in [group] if group else GROUPS:
+        for g in [group] if group else listed:
             for name, path in choices(g, config_dir).items():
                 table.add_row(g, name, describe(path))
     except ConfigError as e:
