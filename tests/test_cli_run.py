@@ -69,10 +69,11 @@ def test_cfg_output_is_valid_yaml_for_long_values(cli, results_dir):
 
 
 def yaml_descriptions(group: str) -> dict[str, str]:
-    """choice -> the first comment line of its file (what `dlexp list` must show)."""
+    """choice -> the first comment line of its file, after a `# @package` line (what `dlexp list` must show)."""
     out = {}
     for name in conf_choices(group):
-        first = (CONF / group / f"{name}.yaml").read_text().splitlines()[0]
+        lines = (CONF / group / f"{name}.yaml").read_text().splitlines()
+        first = lines[1] if lines[0].startswith("# @package") else lines[0]
         assert first.startswith("# "), f"conf/{group}/{name}.yaml has no one-line description"
         out[name] = first[2:].strip()
     return out
