@@ -117,6 +117,10 @@ def load_runs(results_dir: str | Path = "results"):
 
     rows = []
     for d in _run_dirs(results_dir):
+        if not (d / "summary.json").exists() and (d / "meta.json").is_file():
+            hint = " (resume it: dlexp run --resume " + d.name + ")" if (d / "checkpoint.pt").is_file() else ""
+            print(f"warning: skipping run {d.name}: no summary.json yet: still running, or killed{hint}", file=sys.stderr)
+            continue
         try:
             summary = json.loads((d / "summary.json").read_text())
             cfg = yaml.safe_load((d / "config.yaml").read_text())

@@ -154,3 +154,17 @@ def test_meta_records_seed_versions_and_device(two_runs, results_dir):
 
     meta = json.loads((results_dir / "runs" / two_runs[0][0] / "meta.json").read_text())
     assert meta["seed"] == 0 and meta["device"] == "cpu" and meta["torch_version"] == torch.__version__
+
+
+def test_a_run_without_a_summary_is_named_as_running_or_killed_with_how_to_resume(tmp_path, capsys):
+    from dlexp.results import load_runs
+
+    run = tmp_path / "runs" / "20260101-000000-abcdef"
+    run.mkdir(parents=True)
+    (run / "meta.json").write_text("{}")
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "checkpoint.pt").write_bytes(b"")
+    assert load_runs(tmp_path).empty
+    err = capsys.readouterr().err
+    assert "still running, or killed" in err and "dlexp run --resume 20260101-000000-abcdef" in err
+    assert len(err.strip().splitlines()) == 1
