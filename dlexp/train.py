@@ -97,17 +97,32 @@ def build_optimizer(opt_cfg, groups: list[dict[str, Any]]) -> torch.optim.Optimi
         raise ConfigError(f"optimizer ({opt_cfg.name}): {e}") from None
 
 
-def check_buildable(cfg, splits: Splits) -> None:
-    """Build `cfg`'s model, optimizer and schedule for `splits` on the CPU, without training: a value
-    that only they refuse (momentum=-1, warmup longer than the run, LeNet on tabular data) is a
-    ConfigError before a grid or a K-fold study starts, not after its first points have run."""
-    model = build_model(cfg.model, splits.sample_shape, splits.num_outputs)
+def build(cfg, splits: Splits, device: torch.device) -> tuple[nn.Module, list[torch.Tensor], torch.optim.Optimizer, Any]:
+    """`cfg`'s model (on `device`), the parameters that decay, the optimizer and the schedule for
+    `splits`: what `train` runs with."""
+    model = build_model(cfg.model, splits.sample_shape, splits.num_outputs).to(device)  # before the optimizer's state
     opt_cfg = cfg.optimizer
+    # coupled: the optimizer's own weight_decay (torch's meaning); decoupled and loss: done by train, so
+    # the optimizer sees weight_decay = 0 and the decay group is handled explicitly there
     coupled = opt_cfg.weight_decay_mode == "coupled"
-    build_optimizer(opt_cfg, param_groups(model, float(opt_cfg.weight_decay) if coupled else 0.0, bool(opt_cfg.get("decay_bias", False))))
+    groups = param_groups(model, float(opt_cfg.weight_decay) if coupled else 0.0, bool(opt_cfg.get("decay_bias", False)))
+    decay_params = groups[0]["params"]
+    if groups[0]["weight_decay"] == 0:
+        # no group decays in the optimizer: one group, so each foreach kernel launches once per step
+        groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": 0.0}]
+    optimizer = build_optimizer(opt_cfg, groups)
     epochs = int(cfg.trainer.epochs)
-    steps = math.ceil(splits.train[0].shape[0] / int(cfg.trainer.batch_size))
-    make_schedule(cfg.schedule, base_lr=float(opt_cfg.lr), total=epochs if cfg.schedule.unit == "epoch" else epochs * steps)
+    steps_per_epoch = math.ceil(splits.train[0].shape[0] / int(cfg.trainer.batch_size))
+    total = epochs if cfg.schedule.unit == "epoch" else epochs * steps_per_epoch
+    schedule = make_schedule(cfg.schedule, base_lr=float(opt_cfg.lr), total=total)
+    return model, decay_params, optimizer, schedule
+
+
+def check_buildable(cfg, splits: Splits) -> None:
+    """`build` on the CPU, without training: a value that only the model, optimizer or schedule
+    refuses (momentum=-1, warmup longer than the run, LeNet on tabular data) is a ConfigError before
+    a grid or a K-fold study starts, not after its first points have run."""
+    build(cfg, splits, torch.device("cpu"))
 
 
 class _Accumulator:
@@ -189,18 +204,9 @@ def train(
     """
     device = resolve_device(cfg.trainer.device)
     seed_everything(int(cfg.seed), bool(cfg.trainer.deterministic))
-    model = build_model(cfg.model, splits.sample_shape, splits.num_outputs).to(device)
-
+    model, decay_params, optimizer, schedule = build(cfg, splits, device)
     opt_cfg = cfg.optimizer
     wd, wd_mode = float(opt_cfg.weight_decay), opt_cfg.weight_decay_mode
-    # coupled: the optimizer's own weight_decay (torch's meaning); decoupled and loss: done here, so the
-    # optimizer sees weight_decay = 0 and the decay group is handled explicitly below
-    groups = param_groups(model, wd if wd_mode == "coupled" else 0.0, bool(opt_cfg.get("decay_bias", False)))
-    decay_params = groups[0]["params"]
-    if groups[0]["weight_decay"] == 0:
-        # no group decays in the optimizer: one group, so each foreach kernel launches once per step
-        groups = [{"params": [p for g in groups for p in g["params"]], "weight_decay": 0.0}]
-    optimizer = build_optimizer(opt_cfg, groups)
 
     autocast = mixed_precision(cfg.trainer.get("amp", "none"), device)
     # torch.compile wraps the module; `model` stays the plain one (its state_dict has no prefixes)
@@ -214,10 +220,8 @@ def train(
              if pair is not None and len(pair[0]) > 0}
 
     n, batch_size, epochs = x_train.shape[0], int(cfg.trainer.batch_size), int(cfg.trainer.epochs)
-    steps_per_epoch = math.ceil(n / batch_size)
     unit = cfg.schedule.unit
     base_lr = float(opt_cfg.lr)
-    schedule = make_schedule(cfg.schedule, base_lr=base_lr, total=epochs if unit == "epoch" else epochs * steps_per_epoch)
     shuffle = torch.Generator(device=device).manual_seed(int(cfg.seed))
 
     if on_start is not None:
