@@ -528,12 +528,13 @@ class Objective:
     """One trial: sample, compose, train through `runner.execute` (or kfold), report, return the value."""
 
     def __init__(self, space: Space, fixed: list[str], *, metric: str, n_trials: int, study_name: str,
-                 config_dir: str | None, cv: int | None, pruner: str, extra_meta: dict[str, Any]):
+                 config_dir: str | None, cv: int | None, pruner: str, extra_meta: dict[str, Any],
+                 composer: Composer | None = None):
         self.space, self.fixed, self.metric, self.n_trials = space, fixed, metric, n_trials
         self.study_name, self.config_dir, self.cv, self.pruner = study_name, config_dir, cv, pruner
         self.extra_meta = extra_meta
         self._data: dict[str, Any] = {}  # dataset YAML -> (source, splits): loaded once per process
-        self.compose = Composer(space, fixed, config_dir)
+        self.compose = composer or Composer(space, fixed, config_dir)
 
     def data(self, dataset_cfg):
         from dlexp.data import holdout_indices, load_source, make_splits
@@ -736,13 +737,14 @@ def trials_table(study, space: Space | None = None):
             if k not in names:
                 names.append(k)
         duration = t.duration.total_seconds() if t.duration is not None else None
+        silent_status, silent_reason = _status_of_silent(t.state.name)
         rows.append({
             "study": study.study_name, "trial": t.number, "state": t.state.name,
             **{k: t.params.get(k) for k in t.params},
             "value": t.value,
             "duration_s": duration,
-            "status": t.user_attrs.get("status") or _status_of_silent(t.state.name)[0],
-            "reason": t.user_attrs.get("reason") or _status_of_silent(t.state.name)[1],
+            "status": t.user_attrs.get("status") or silent_status,
+            "reason": t.user_attrs.get("reason") or silent_reason,
             "run_id": t.user_attrs.get("run_id") or ";".join(t.user_attrs.get("run_ids", []) or []) or None,
             "epochs": t.user_attrs.get("epochs"),
             "train_s": t.user_attrs.get("train_s"),

@@ -133,7 +133,8 @@ def _plan(overrides: list[str], **o) -> dict[str, Any]:
     name = o["study"] or sw.study_name(space.name, fixed, metric, o["cv"])
     kind, target = sw.storage_target(o["storage"], base.results_dir, name)
     return dict(o, space=space, fixed=fixed, metric=metric, direction=direction, study=name, kind=kind, target=target,
-                results_dir=str(base.results_dir), argv=[sw.mask(a, target) for a in sys.argv])
+                results_dir=str(base.results_dir), argv=[sw.mask(a, target) for a in sys.argv],
+                composer=compose)  # its compositions, made by the probes, serve the trials too
 
 
 def _open_study(plan: dict[str, Any], seed: int | None):
@@ -167,7 +168,8 @@ def _objective(plan: dict[str, Any]):
                                                  "storage": sw.mask(plan["target"], plan["target"]),
                                                  "metric": plan["metric"], "direction": plan["direction"]}}
     return sw.Objective(plan["space"], plan["fixed"], metric=plan["metric"], n_trials=plan["trials"], study_name=plan["study"],
-                        config_dir=plan["config_dir"], cv=plan["cv"], pruner=plan["pruner"], extra_meta=meta)
+                        config_dir=plan["config_dir"], cv=plan["cv"], pruner=plan["pruner"], extra_meta=meta,
+                        composer=plan.get("composer"))
 
 
 def _worker_seed(seed: int, worker: int, existing: int) -> int:
