@@ -172,9 +172,7 @@ def _compose(overrides: list[str], config_dir) -> Any:
             place = f" ({where.name}, line {where.line + 1})" if where is not None else ""
             raise ConfigError(f"config file{place}: {getattr(e, 'problem', None) or _first_line(str(e))}") from None
         if isinstance(e, OmegaConfBaseException) and not isinstance(e, HydraException):
-            key = getattr(e, "full_key", None) or next(
-                (o.split("=", 1)[0].lstrip("+~") for o in overrides if _interpolates(o)), "config")
-            raise ConfigError(_first_line(f"{key}: {e}")) from None
+            raise ConfigError(_first_line(f"{_key_of(e, overrides)}: {e}")) from None
         if not isinstance(e, HydraException):
             raise
         message = str(e)
@@ -235,17 +233,16 @@ def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None)
         _check_groups(cfg)
         _check_types(cfg, reference)
     except OmegaConfBaseException as e:
-        # the key: OmegaConf's, or the first override holding an interpolation
-        key = getattr(e, "full_key", None) or next(
-            (o.get_key_element().lstrip("+~") for o in parsed if _interpolates(o.input_line)), "config")
-        raise ConfigError(f"{key}: {_first_line(str(e))}") from None
+        raise ConfigError(f"{_key_of(e, overrides)}: {_first_line(str(e))}") from None
     validate(cfg)
     return cfg
 
 
-def _interpolates(override: str) -> bool:
-    """`key=${...}` (or `key=$\\{...\\}` as Hydra's sweep expansion escapes it)."""
-    return re.search(r"\$\\?\{", override.split("=", 1)[-1]) is not None
+def _key_of(error: Exception, overrides: list[str]) -> str:
+    """The key an OmegaConf error is about: its own, or the first override holding an interpolation
+    (`key=${...}`, or `key=$\\{...\\}` as Hydra's sweep expansion escapes it)."""
+    interpolated = (o.split("=", 1)[0].lstrip("+~") for o in overrides if re.search(r"\$\\?\{", o.split("=", 1)[-1]))
+    return getattr(error, "full_key", None) or next(interpolated, "config")
 
 
 def _check_groups(cfg) -> None:
