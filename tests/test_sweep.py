@@ -356,13 +356,16 @@ def test_concurrent_sqlite_workers_finish_exactly_n_trials_without_lock_errors(t
 
 
 def test_a_killed_worker_s_trial_is_retried_and_the_study_finishes(tmp_path):
-    args = ["sweep=lr_wd", "trainer.epochs=12", "trainer.batch_size=128", "model.hidden=[32]", f"results_dir={tmp_path}",
+    args = ["sweep=lr_wd", "trainer.epochs=40", "trainer.batch_size=128", "model.hidden=[32]", f"results_dir={tmp_path}",
             "--trials", "2", "--study", "kill", "--heartbeat", "1", "--pruner", "none", "--quiet"]
     db = tmp_path / "sweeps" / "kill.db"
     proc = _spawn(args)
     deadline = time.time() + 60
-    while time.time() < deadline:  # wait until a trial is running and has trained an epoch or two
-        if db.exists() and any(s == "RUNNING" for _, s in study_trials(db)) and len(list((tmp_path / "runs").glob("*/metrics.csv"))):
+    # wait until a trial is running and has trained an epoch or two: a run folder with metrics and no
+    # summary yet (a finished first trial's folder would not do: the kill could fall between two trials)
+    in_progress = lambda: [d for d in (tmp_path / "runs").glob("*") if (d / "metrics.csv").exists() and not (d / "summary.json").exists()]
+    while time.time() < deadline:
+        if db.exists() and any(s == "RUNNING" for _, s in study_trials(db)) and in_progress():
             break
         time.sleep(0.2)
     else:
