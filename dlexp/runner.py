@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
+import os
 import platform
+import threading
 import sys
 import time
 import traceback
@@ -52,9 +55,62 @@ def meta(cfg, device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "started_unix": time.time(),  # just before the first batch: benchmarks measure start-up with it
     }
-    info.update(results.git_state())
+    info["threads"] = torch.get_num_threads()  # trainer.threads, or cores / jobs (dlexp.study.set_threads)
+    info["host"], info["pid"] = platform.node(), os.getpid()
+    info.update(_git_state())
     info.update(extra or {})
     return info
+
+
+@functools.lru_cache(maxsize=4)
+def _git_state_in(cwd: str) -> dict[str, Any]:
+    return results.git_state()
+
+
+def _git_state() -> dict[str, Any]:
+    """results.git_state(), asked once per process and folder: two git subprocesses cost 10-20 ms,
+    which a grid point should not pay."""
+    return dict(_git_state_in(os.getcwd()))
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append `data` with one write: a Ctrl-C lands before or after it, so an epoch's rows are whole
+    (a SIGKILL or a full disk may cut the last row; the loaders drop a partial last row)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+class _BackgroundWriter:
+    """Atomic file writes done by one thread, one at a time, in order; errors come back at `join`."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, path: Path, data: bytes) -> None:
+        self.join()
+
+        def go() -> None:
+            try:
+                results.atomic_write(path, data)
+            except BaseException as e:  # reported to the training thread at its next join
+                self._error = e
+
+        self._thread = threading.Thread(target=go, name="dlexp-checkpoint", daemon=True)
+        self._thread.start()
+
+    def join(self, raise_error: bool = True) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and raise_error:
+            raise error
 
 
 class ResultsWriteError(OSError):
@@ -100,6 +156,7 @@ def execute(
     checkpoints: bool = True,
     reraise: bool = True,
     stop_on: tuple[type[BaseException], ...] = (),
+    on_run_dir: Callable[[str, int], None] | None = None,
 ) -> tuple[str | None, dict[str, Any]]:
     """Train one config and write its run folder. Returns (run_id, summary).
 
@@ -112,15 +169,26 @@ def execute(
     with status `pruned` and its message as the reason; the summary is returned, not raised.
     With `reraise=False`, an exception during training (other than Ctrl-C and failed writes) is
     recorded and returned as a `failed` summary instead, so that a study can go on without it.
-    With `checkpoints`, `checkpoint.pt` is rewritten atomically after every epoch; `resume_dir`
-    continues such a run in its own folder from its last checkpoint (see `load_checkpoint`).
+    With `checkpoints`, `checkpoint.pt` is rewritten atomically every `trainer.checkpoint_every`
+    epochs (or seconds), by a background thread once its bytes are taken; `resume_dir` continues such a
+    run in its own folder from its last checkpoint (see `load_checkpoint`). `on_run_dir(run_id,
+    first_epoch)` is called once the run folder exists (a study records the point's run there).
+
+    metrics.csv is appended once per epoch (one write of that epoch's rows), never rewritten while
+    the run trains; a run that ends with other records than the file holds (Ctrl-C while an epoch was
+    being written, a resume) gets the file rewritten whole, atomically. While the run trains, its
+    folder's `heartbeat` file is touched every few seconds (`dlexp.claims`): `dlexp status` tells a
+    running run from a killed one by its age.
     """
     import torch
 
     from dlexp.train import summarize, train
 
-    state: dict[str, Any] = {"run_id": None, "path": None, "started": time.perf_counter()}
+    from dlexp.claims import HEARTBEAT
+
+    state: dict[str, Any] = {"run_id": None, "path": None, "started": time.perf_counter(), "written": 0}
     extra_columns = extra_columns or {}
+    writer = _BackgroundWriter()
 
     resume = None
     if resume_dir is not None:
@@ -136,23 +204,56 @@ def execute(
             results.write_json(path / "meta.json", info)
             (path / "summary.json").unlink(missing_ok=True)  # the run is live again
             state.update(run_id=path.name, path=path, started=time.perf_counter() - float(resume["elapsed"]))
+            # the rows of the epochs after the checkpoint (checkpoint_every > 1) are trained again
+            rewrite_metrics(resume["records"])
+            _beat(path)
+            if on_run_dir is not None:
+                on_run_dir(path.name, int(resume["epoch"]) + 1)
             return path.name
         run_id, path = results.new_run_dir(cfg.results_dir, cfg.name)
         state.update(run_id=run_id, path=path, started=time.perf_counter())
         results.atomic_write(path / "config.yaml", to_yaml(cfg))
         results.write_json(path / "meta.json", meta(cfg, device, extra_meta))
+        _beat(path)
+        if on_run_dir is not None:
+            on_run_dir(run_id, 1)
         return run_id
 
-    def on_checkpoint(ckpt) -> None:
-        # serialized in memory first: torch.save on a full disk raises RuntimeError, atomic_write OSError
-        results.atomic_write(state["path"] / "checkpoint.pt", _to_bytes(ckpt))
+    def _beat(path: Path) -> None:
+        (path / "heartbeat").touch()
+        HEARTBEAT.add(path / "heartbeat")
 
-    def write_metrics(records) -> None:
+    def _unbeat() -> None:
+        if state["path"] is not None:
+            HEARTBEAT.remove(state["path"] / "heartbeat")
+            (state["path"] / "heartbeat").unlink(missing_ok=True)
+
+    def on_checkpoint(ckpt) -> None:
+        # serialized here, while the tensors are this epoch's (the loop changes them next); written and
+        # fsynced by a thread meanwhile. torch.save on a full disk raises RuntimeError, atomic_write OSError
+        writer.write(state["path"] / "checkpoint.pt", _to_bytes(ckpt))
+
+    def rewrite_metrics(records) -> None:
         rows = [{**r, **extra_columns} for r in records]
         results.atomic_write(state["path"] / "metrics.csv", results.metrics_csv(rows))
+        state["written"] = len(records)
+
+    def append_metrics(records) -> None:
+        new = records[state["written"]:]
+        if not new:
+            return
+        text = results.metrics_csv([{**r, **extra_columns} for r in new])
+        if state["written"]:
+            text = text[text.index("\n") + 1:]  # the header is already there
+        _append(state["path"] / "metrics.csv", text.encode())
+        state["written"] = len(records)
+
+    def write_metrics(records) -> None:
+        if state["written"] != len(records):
+            rewrite_metrics(records)
 
     def epoch_hook(epoch, records) -> None:
-        write_metrics(records)
+        append_metrics(records)
         if on_epoch is not None:
             on_epoch(epoch, records)
 
@@ -167,8 +268,10 @@ def execute(
             **extra_columns,
             **summarize(records),
         }
+        writer.join()  # the last checkpoint is on disk before the summary says the run ended
         write_metrics(records)
         results.write_json(state["path"] / "summary.json", summary)
+        _unbeat()
         return summary
 
     try:
@@ -176,7 +279,9 @@ def execute(
             cfg, splits, on_start=on_start, on_epoch=epoch_hook, progress=progress, resume=resume,
             on_checkpoint=on_checkpoint if checkpoints else None,
         )
+        writer.join()
     except BaseException as e:
+        writer.join(raise_error=False)
         if state["path"] is None:
             raise  # nothing written yet: bad input, or a crash before the first epoch
         if stop_on and isinstance(e, stop_on):
@@ -187,9 +292,12 @@ def execute(
         metrics = state["path"] / "metrics.csv"
         if metrics.exists():
             import csv
+            import io
 
-            with open(metrics, newline="") as f:
-                records = [{**r, "epoch": int(r["epoch"]), "value": float(r["value"])} for r in csv.DictReader(f)]
+            text = metrics.read_text()
+            text = text[: text.rfind("\n") + 1]  # a row cut by a failed write is not a record
+            records = [{**r, "epoch": int(r["epoch"]), "value": float(r["value"])} for r in csv.DictReader(io.StringIO(text))]
+            state["written"] = len(records)
         reason = {"failed": f"{type(e).__name__}: {e}", "interrupted": "interrupted", "pruned": str(e) or "stopped early"}[status]
         summary = None
         try:
@@ -198,6 +306,8 @@ def execute(
                 (state["path"] / "error.txt").write_text(traceback.format_exc())
         except OSError:
             pass  # the disk that failed us may refuse this too; the files already there stay intact
+        finally:
+            _unbeat()
         if isinstance(e, OSError):
             raise ResultsWriteError(f"results_dir: writing to {state['path']} failed: {e.strerror or e}; earlier files are intact") from e
         if summary is not None and (status == "pruned" or (not reraise and status == "failed" and isinstance(e, Exception))):

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dlexp.data import CLASSIFICATION, Splits
+from dlexp.config import checkpoint_schedule
 from dlexp.errors import ConfigError
 from dlexp.models import build_model
 from dlexp.optim import OPTIMIZERS
@@ -235,6 +236,8 @@ def train(
         offset = float(resume["elapsed"])
         restore_rng(resume["rng"], shuffle, device)
     start = time.perf_counter() - offset
+    every = checkpoint_schedule(cfg.trainer.get("checkpoint_every", 1))
+    last_checkpoint = time.perf_counter()
     task = progress.add_task("epochs", total=epochs, completed=first_epoch - 1) if progress is not None else None
     lr = base_lr
     try:
@@ -291,8 +294,9 @@ def train(
                 status, reason = "diverged", f"train loss became {values['train']['loss']} in epoch {epoch}"
             if on_epoch is not None:
                 on_epoch(epoch, records)
-            if on_checkpoint is not None and status == "ok":
+            if on_checkpoint is not None and status == "ok" and checkpoint_due(every, epoch, time.perf_counter() - last_checkpoint):
                 on_checkpoint(checkpoint_state(epoch, step, model, optimizer, shuffle, records, time.perf_counter() - start))
+                last_checkpoint = time.perf_counter()
             if status == "diverged":
                 break
     except KeyboardInterrupt:
@@ -304,6 +308,15 @@ def train(
         status=status, records=records, model=model, epochs_completed=completed, steps=step,
         duration_s=time.perf_counter() - start, reason=reason, device=str(device),
     )
+
+
+def checkpoint_due(every: tuple[str, float] | None, epoch: int, since_last_s: float) -> bool:
+    """Whether to checkpoint after `epoch` (1-based): `every` is config.checkpoint_schedule's
+    ('epochs', N) or ('seconds', S), or None for never."""
+    if every is None:
+        return False
+    unit, n = every
+    return epoch % int(n) == 0 if unit == "epochs" else since_last_s >= n
 
 
 def checkpoint_state(epoch, step, model, optimizer, shuffle, records, elapsed) -> dict[str, Any]:

@@ -257,22 +257,24 @@ def test_sigint_mid_grid_keeps_finished_runs_and_starts_no_more(start, results_d
 # --- 3. concurrent writers -------------------------------------------------------------------------
 
 
-def test_two_grids_on_one_results_dir_lose_and_mix_nothing(start, results_dir):
-    args = ["run", "-m", "seed=0,1,2", "trainer.epochs=2", "trainer.batch_size=512", "model.hidden=[8]",
+def test_two_identical_grids_at_once_run_each_point_exactly_once(start, results_dir):
+    args = ["run", "-m", "seed=0,1,2,3", "trainer.epochs=2", "trainer.batch_size=512", "model.hidden=[8]",
             "trainer.device=cpu", "--quiet", f"results_dir={results_dir}"]
-    a, b = start(*args), start(*args)  # the same moment, the same folder
+    a, b = start(*args), start(*args)  # the same moment, the same folder: the claims share out the points
     for p in (a, b):
         out, err = p.communicate(timeout=240)
         assert p.returncode == 0, err
     dirs = run_dirs(results_dir)
-    assert len(dirs) == 6 and len({d.name for d in dirs}) == 6
+    assert len(dirs) == 4 and len({d.name for d in dirs}) == 4
     seeds = sorted(json.loads((d / "meta.json").read_text())["seed"] for d in dirs)
-    assert seeds == [0, 0, 1, 1, 2, 2]
+    assert seeds == [0, 1, 2, 3]
+    assert not list((results_dir / ".points").glob("*.claim"))  # every claim released
     for d in dirs:
         assert {"config.yaml", "meta.json", "metrics.csv", "summary.json", "model.pt", "checkpoint.pt"} <= {f.name for f in d.iterdir()}
         m = assert_complete_metrics(d, "ok")
         assert len(m) == 2 * ROWS_PER_EPOCH
         assert json.loads((d / "summary.json").read_text())["run_id"] == d.name
+        assert not (d / "heartbeat").exists()  # a finished run is not "running"
     assert not [f for f in (results_dir / "runs").iterdir() if f.name.startswith(".")]  # no probe or temp files left
 
 

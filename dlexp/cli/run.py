@@ -17,12 +17,17 @@ def run(
     cfg: Annotated[bool, typer.Option("--cfg", help="Print the composed config(s) and exit.")] = False,
     config_dir: Annotated[Optional[str], typer.Option("--config-dir", help="A folder of your own configs, searched before dlexp's.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue RUN_ID (or a run folder) from its last epoch checkpoint.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="With -m: new runs for every point, even those an earlier identical command finished.")] = False,
+    max_points: Annotated[int, typer.Option("--max-points", help="With -m: refuse a grid of more points than this.")] = 10000,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")] = False,
 ) -> None:
     """Train and evaluate: one run, or a grid with -m. Results go to results/runs/<run_id>/.
 
-    Examples: dlexp run optimizer=adam model=mlp; dlexp run -m optimizer=sgd,adam seed=0,1,2 --jobs 2
+    Rerunning the same -m command continues its grid: finished points are skipped, interrupted ones
+    resumed, the rest run (--fresh: run them all again).
+
+    Examples: dlexp run optimizer=adam model=mlp; dlexp run -m optimizer=sgd,adam 'seed=range(0,3)' --jobs 2
     """
     from dlexp import config
 
@@ -33,7 +38,10 @@ def run(
         if resume is not None:
             raise typer.Exit(_resume(resume, overrides, quiet))
         grid = config.expand(overrides, multirun, config_dir)
-        cfgs = [config.compose(o, config_dir) for o in grid]  # every point checked before any run starts
+        if len(grid) > max_points:
+            raise config.ConfigError(f"-m: the grid has {len(grid)} points, more than --max-points {max_points}; "
+                                     "split it into several commands, or raise --max-points")
+        cfgs = _compose_all(grid, config_dir, quiet)  # every point checked before any run starts
         if cfg:
             # plain stdout, not rich: rich wraps long lines, which would break the YAML
             for o, c in zip(grid, cfgs):
@@ -45,24 +53,54 @@ def run(
 
         for c in {c.results_dir for c in cfgs}:
             check_writable(c)
-        if len(cfgs) > 1:
-            _preflight(cfgs)
-        if len(cfgs) == 1:
+        if not multirun:
             status = _single(cfgs[0], quiet)
         else:
-            status = _grid(grid, cfgs, jobs, config_dir, quiet)
+            status = _grid(grid, cfgs, jobs, quiet, fresh)
     raise typer.Exit(status)
+
+
+def _compose_all(grid: list[list[str]], config_dir: Optional[str], quiet: bool) -> list:
+    """Every point's config, one Hydra composition per distinct set of group choices (GridComposer);
+    a long grid shows how far it got."""
+    import time
+
+    from dlexp import config
+
+    if len(grid) == 1:
+        return [config.compose(grid[0], config_dir)]
+    composer = config.GridComposer(config_dir)
+    cfgs, t0, shown = [], time.perf_counter(), 0.0
+    for i, o in enumerate(grid):
+        try:
+            cfgs.append(composer(o))
+        except config.ConfigError as e:
+            raise config.ConfigError(f"{e} (grid point {i + 1} of {len(grid)}: {' '.join(o)})") from None
+        now = time.perf_counter() - t0
+        if not quiet and now - shown >= 2.0:
+            shown = now
+            err.print(f"composing the grid: {i + 1} of {len(grid)} points", markup=False)
+    return cfgs
 
 
 def _preflight(cfgs) -> None:
     """Every grid point's data, model, optimizer and schedule built before the first run (each data
-    set loaded once): a bad point is exit 2 with nothing trained, with or without --jobs."""
+    set loaded once, each config that differs in more than its seed built once): a bad point is exit
+    2 with nothing trained, with or without --jobs."""
     from dlexp import config
     from dlexp.data import load_splits
+    from dlexp.study import identity
     from dlexp.train import check_buildable
 
     splits: dict[str, object] = {}
+    built: set[str] = set()
     for c in cfgs:
+        from omegaconf import OmegaConf
+
+        shape = identity(OmegaConf.masked_copy(c, [k for k in c.keys() if k != "seed"]))
+        if shape in built:
+            continue
+        built.add(shape)
         key = config.to_yaml(c.dataset)
         if key not in splits:
             splits[key] = load_splits(c.dataset)
@@ -85,11 +123,17 @@ def _resume(resume: str, overrides: list[str], quiet: bool) -> int:
     if not (run_dir / "config.yaml").is_file():
         raise config.ConfigError(f"--resume: no run {resume!r} under {Path(results_dir) / 'runs'}")
     cfg = config.load_run_config(run_dir / "config.yaml")
+    from dlexp.study import DONE, read_summary
+
+    finished = (read_summary(run_dir) or {}).get("status") in DONE  # with checkpoint_every > 1 the last checkpoint is older
     done = load_checkpoint(run_dir)["epoch"]
-    if done >= int(cfg.trainer.epochs) and (run_dir / "summary.json").is_file():
+    if finished or (done >= int(cfg.trainer.epochs) and (run_dir / "summary.json").is_file()):
         out.print(f"run {run_dir.name} already finished its {cfg.trainer.epochs} epochs; nothing to resume", markup=False)
         return 0
     err.print(f"resuming {run_dir.name} after epoch {done} of {cfg.trainer.epochs}", markup=False)
+    from dlexp.study import set_threads
+
+    set_threads(cfg)
     splits = load_splits(cfg.dataset)
     bar = progress_bar(quiet)
     try:
@@ -114,7 +158,9 @@ def _exit_code(statuses: list[str]) -> int:
 def _single(cfg, quiet: bool) -> int:
     from dlexp.data import load_splits
     from dlexp.runner import execute
+    from dlexp.study import set_threads
 
+    set_threads(cfg)
     splits = load_splits(cfg.dataset)
     bar = progress_bar(quiet)
     try:
@@ -135,7 +181,9 @@ def _print_summary(cfg, run_id: str, summary: dict[str, Any]) -> None:
 
     final = summary["final"]
     metrics = [m for m in ("loss", "acc", "rmse", "log_rmse") if any(k.endswith("/" + m) for k in final)]
-    table = Table(title=f"run {run_id}: {cfg.model.name} / {cfg.dataset.name} / {cfg.optimizer.name} ({summary['status']})")
+    # the run id on a line of its own: a table title wraps to the table's width, which cut the id in two
+    out.print(f"run {run_id}", markup=False, soft_wrap=True)
+    table = Table(title=f"{cfg.model.name} / {cfg.dataset.name} / {cfg.optimizer.name} ({summary['status']})")
     table.add_column("split")
     for m in metrics:
         table.add_column(m, justify="right")
@@ -148,90 +196,73 @@ def _print_summary(cfg, run_id: str, summary: dict[str, Any]) -> None:
     out.print(f"results: {os.path.join(cfg.results_dir, 'runs', run_id)}", markup=False)
 
 
-def _worker(overrides: list[str], config_dir: Optional[str], threads: int) -> tuple[list[str], str | None, dict[str, Any]]:
-    """One grid point in a fresh process (for --jobs)."""
-    import torch
+def _grid(grid: list[list[str]], cfgs: list, jobs: int, quiet: bool, fresh: bool) -> int:
+    """A grid as a study (dlexp.study): planned against what earlier identical commands left, run in
+    this process or with --jobs workers, shown live, then one table."""
+    import sys
 
-    torch.set_num_threads(threads)
-    from dlexp import config
-    from dlexp.data import load_splits
-    from dlexp.runner import execute
+    from dlexp import study
+    from dlexp.cli.progress import StudyDisplay
 
-    cfg = config.compose(overrides, config_dir)
+    varying = _varying_keys(grid)
+    grid_id = study.study_id([[o for o in point if not o.startswith("results_dir=")] for point in grid])
+    labels = [" ".join(x for x in o if x.split("=")[0] in varying) or " ".join(o) for o in grid]
+    meta = {"study": {"kind": "grid", "id": grid_id, "points": len(grid)}}
+    points = [study.Point(index=i, overrides=o, cfg=c, key=study.identity(c), label=labels[i], meta=meta)
+              for i, (o, c) in enumerate(zip(grid, cfgs))]
+    results_dirs = {c.results_dir for c in cfgs}
+    counts = {"done": 0, "resume": 0, "run": 0, "running": 0}
+    for d in results_dirs:
+        for k, v in study.plan([p for p in points if p.cfg.results_dir == d], d, fresh=fresh).items():
+            counts[k] += v
+    if not quiet:
+        err.print(study.plan_line(counts) + (" (--fresh)" if fresh else ""), markup=False)
+    todo = study.pending(points)
+    if todo:
+        _preflight([p.cfg for p in todo])
+    outcomes: dict[int, study.Outcome] = {p.index: study.load_outcome(p.cfg.results_dir, p) for p in points if p.action == "done"}
+    display = StudyDisplay(f"grid {grid_id}", {p.index: p.label for p in todo}, {p.index: int(p.cfg.trainer.epochs) for p in todo},
+                           quiet, on_finish=lambda o: outcomes.__setitem__(o.index, o))
+    executor = study.Pool(jobs) if jobs > 1 and len(todo) > 1 else study.InProcess(jobs)
+    data = study.DataCache()
+    interrupted = False
     try:
-        run_id, summary = execute(cfg, load_splits(cfg.dataset))
-    except Exception as e:  # recorded as 'failed' in the run folder; the grid goes on
-        return overrides, None, {"status": "failed", "reason": f"{type(e).__name__}: {e}", "final": {}, "duration_s": 0.0}
-    return overrides, run_id, summary
+        with display:
+            executor.run(todo, data, display.event)
+    except KeyboardInterrupt:
+        interrupted = True
+    _print_grid(points, outcomes, varying)
+    statuses = [o.summary.get("status") for o in outcomes.values() if o.how != "busy"]
+    busy = sum(o.how == "busy" for o in outcomes.values()) + counts["running"]
+    if busy:
+        err.print(f"{busy} point(s) were running in another process; rerun the same command once it ends to see them here",
+                  markup=False)
+    if interrupted:
+        err.print("interrupted: finished runs are kept; rerun the same command to continue (the interrupted run resumes "
+                  "from its checkpoint)", markup=False)
+        return 130
+    return _exit_code(statuses)
 
 
-def _grid(grid: list[list[str]], cfgs: list, jobs: int, config_dir: Optional[str], quiet: bool) -> int:
+def _print_grid(points, outcomes, varying, limit: int = 200) -> None:
     from rich.table import Table
 
-    from dlexp.config import to_yaml
-
-    rows: list[tuple[list[str], str | None, dict[str, Any]]] = []
-    interrupted = False
-    varying = _varying_keys(grid)
-
-    def report(o, run_id, summary) -> None:
-        rows.append((o, run_id, summary))
-        label = " ".join(x for x in o if x.split("=")[0] in varying) or " ".join(o)
-        if not quiet:
-            err.print(f"[{len(rows)}/{len(grid)}] {label}: {summary['status']}" + (f" ({summary['reason']})" if summary.get("reason") else ""), markup=False)
-
-    if jobs == 1:
-        from dlexp.data import load_splits
-        from dlexp.runner import execute
-
-        cache: dict[str, Any] = {}  # the data of each distinct dataset config is loaded once
-        for o, cfg in zip(grid, cfgs):
-            key = to_yaml(cfg.dataset)
-            try:
-                if key not in cache:
-                    cache[key] = load_splits(cfg.dataset)
-                run_id, summary = execute(cfg, cache[key])
-            except KeyboardInterrupt:
-                interrupted = True
-                break
-            except Exception as e:
-                from dlexp.errors import ConfigError
-                from dlexp.runner import ResultsWriteError
-
-                if isinstance(e, (ConfigError, ResultsWriteError)):
-                    raise  # bad input, or a results folder that can no longer be written: stop the grid
-                run_id, summary = None, {"status": "failed", "reason": f"{type(e).__name__}: {e}", "final": {}, "duration_s": 0.0}
-            report(o, run_id, summary)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
-        try:
-            futures = [pool.submit(_worker, o, config_dir, threads) for o in grid]
-            for f in as_completed(futures):
-                report(*f.result())
-        except KeyboardInterrupt:
-            interrupted = True
-            pool.shutdown(wait=False, cancel_futures=True)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    table = Table(title=f"grid: {len(rows)} of {len(grid)} runs")
-    for col in ("run", *varying, "status", "val", "test", "s"):
+    shown = [p for p in points if p.index in outcomes]
+    table = Table(title=f"grid: {len(shown)} of {len(points)} points" + (f" (the first {limit} shown)" if len(shown) > limit else ""))
+    table.add_column("run", no_wrap=True, min_width=len("20260101-000000-000000"))  # a run id is never cut
+    for col in (*varying, "status", "val", "test", "s"):
         table.add_column(col)
-    for o, run_id, summary in rows:
-        values = dict(x.split("=", 1) for x in o)
-        final = summary.get("final", {})
+    for p in shown[:limit]:
+        o = outcomes[p.index]
+        values = dict(x.split("=", 1) for x in p.overrides)
+        final = o.summary.get("final") or {}
         main = "acc" if any(k.endswith("/acc") for k in final) else "rmse"
-        fmt = lambda k: f"{final[k]:.4f}" if k in final else ""
-        table.add_row(run_id or "-", *(values.get(k, "") for k in varying), summary["status"], fmt(f"val/{main}"), fmt(f"test/{main}"), f"{summary['duration_s']:.1f}")
+        fmt = lambda k: f"{final[k]:.4f}" if isinstance(final.get(k), (int, float)) else ""
+        status = o.summary.get("status", "?") + {"skipped": " (earlier)", "resumed": " (resumed)", "busy": " (elsewhere)"}.get(o.how, "")
+        seconds = o.summary.get("duration_s")
+        table.add_row(o.run_id or "-", *(values.get(k, "") for k in varying), status, fmt(f"val/{main}"), fmt(f"test/{main}"),
+                      f"{seconds:.1f}" if isinstance(seconds, (int, float)) else "")
     out.print(table)
-    statuses = [s["status"] for _, _, s in rows] + (["interrupted"] if interrupted else [])
-    if interrupted:
-        err.print("interrupted: finished runs are kept; the rest of the grid was not started")
-    return _exit_code(statuses)
 
 
 def _varying_keys(grid: list[list[str]]) -> list[str]:

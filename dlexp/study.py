@@ -1,0 +1,463 @@
+"""A study (a grid, a K-fold study) is a set of points, each identified by its resolved config.
+
+Every way of running a study goes through this module and through `run_point`, the one per-point
+function: it claims the point, decides whether to skip, resume or start it, and trains it through
+`runner.execute` (the one run-folder writer, the one training loop). Executors only decide *where*
+`run_point` runs:
+
+- `InProcess`: one point after another in this process;
+- `Pool`: `--jobs N`: this process and N-1 persistent worker processes, which import once, keep each
+  data set loaded, and take the next point as soon as they are free;
+- later: vectorized groups and Slurm job arrays, which call `run_point` in the same way.
+
+An executor is any object with `run(points, data, on_event) -> None`; it reports through
+`on_event(event)` with plain dicts (they cross process boundaries):
+
+    {"kind": "start",  "index": i, "run_id": ..., "epochs": E, "first_epoch": e0, "pid": ...}
+    {"kind": "epoch",  "index": i, "epoch": e, "epochs": E, "pid": ...}
+    {"kind": "finish", "index": i, "outcome": Outcome}
+
+**Identity.** A point's key is a hash of its resolved config without the keys that say where or how
+a run is done rather than what it computes (`IGNORED`), plus a scope (a K-fold study's name and
+fold). Rerunning a command continues its study: a point whose last run ended `ok`, `diverged` or
+`pruned` is skipped; one `interrupted` or killed with a checkpoint is resumed from it (`--resume`'s
+machinery); one that `failed` or never started runs anew. A config file changed between two commands
+changes the resolved configs, hence the keys: those points run again (the earlier runs stay).
+
+**Claims.** Before a point runs, its process claims it (`dlexp.claims`): two identical commands at
+once, or several machines sharing the results folder, never run the same point twice. The point's
+last run is recorded in `<results_dir>/.points/<key>.run` under the claim, so the decision taken
+under the claim sees what other processes did after this one made its plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from dlexp import claims
+
+# Keys that do not count in a point's identity: where results go, a label, and how a run is executed.
+IGNORED = ("results_dir", "name", "trainer.threads", "trainer.checkpoint_every")
+DONE = ("ok", "diverged", "pruned")
+
+
+@dataclass
+class Point:
+    """One run of a study. `data` says which rows it trains on: ("holdout",) for a plain run (the
+    config's validation hold-out), or ("fold", repeat, index, train_idx, val_idx) for a K-fold fold."""
+
+    index: int
+    overrides: list[str]
+    cfg: Any  # the resolved DictConfig (a plain dict while it travels to a worker)
+    key: str
+    label: str = ""
+    columns: dict[str, Any] = field(default_factory=dict)  # extra metrics columns (study, candidate, fold, ...)
+    meta: dict[str, Any] = field(default_factory=dict)  # extra meta.json fields (the study)
+    data: tuple = ("holdout",)
+    action: str = "run"  # the plan's decision: run | resume | done | running
+    run_id: str | None = None  # the run to resume or that is done
+    fresh: bool = False  # --fresh: a new run whatever exists
+
+
+@dataclass
+class Outcome:
+    index: int
+    run_id: str | None
+    summary: dict[str, Any]
+    how: str  # ran | resumed | skipped (done before) | busy (another process holds it)
+    pid: int = 0
+
+
+def identity(cfg, scope: dict[str, Any] | None = None) -> str:
+    """The point key: a hash of the resolved config without the IGNORED keys, and of the scope."""
+    from omegaconf import OmegaConf
+
+    container = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else json.loads(json.dumps(cfg))
+    for key in IGNORED:
+        node = container
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    text = json.dumps({"config": container, "scope": scope or {}}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def study_id(parts: Any) -> str:
+    """A short stable id of a study's definition (a grid's override lists, a K-fold study's settings)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+# ---- what exists: the last run of each point ---------------------------------------------------
+
+
+def _record(results_dir: str | Path, key: str) -> Path:
+    return Path(results_dir) / claims.CLAIMS / f"{key}.run"
+
+
+def last_run(results_dir: str | Path, key: str) -> str | None:
+    try:
+        run_id = _record(results_dir, key).read_text().strip()
+    except OSError:
+        return None
+    return run_id if run_id and "/" not in run_id and run_id not in (".", "..") else None
+
+
+def run_state(results_dir: str | Path, run_id: str | None, key: str | None = None) -> tuple[str, dict[str, Any] | None]:
+    """(state, summary) of a run folder: done | resume | run (failed, or nothing to resume) | running."""
+    if run_id is None:
+        return "run", None
+    d = Path(results_dir) / "runs" / run_id
+    if not d.is_dir():
+        return "run", None
+    summary = read_summary(d)
+    if summary is not None:
+        status = summary.get("status")
+        if status in DONE:
+            return "done", summary
+        if status == "interrupted" and (d / "checkpoint.pt").is_file():
+            return "resume", summary
+        return "run", summary
+    # no summary: running somewhere, or killed
+    if key is not None and claims.holder(results_dir, key) is not None:
+        return "running", None
+    if key is None and is_running(d):
+        return "running", None
+    return ("resume" if (d / "checkpoint.pt").is_file() else "run"), None
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        s = json.loads((run_dir / "summary.json").read_text())
+        return s if isinstance(s, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def is_running(run_dir: Path) -> bool:
+    """A run without summary.json whose heartbeat file is fresh (see runner.execute)."""
+    a = claims.age(run_dir / "heartbeat")
+    return a is not None and a <= claims.stale_after()
+
+
+def plan(points: list[Point], results_dir: str | Path, fresh: bool = False) -> dict[str, int]:
+    """Decide, for each point, run / resume / done / running (elsewhere); returns the counts."""
+    counts = {"done": 0, "resume": 0, "run": 0, "running": 0}
+    for p in points:
+        p.fresh = fresh
+        if fresh:
+            p.action, p.run_id = "run", None
+        else:
+            run_id = last_run(results_dir, p.key)
+            state, _ = run_state(results_dir, run_id, p.key)
+            p.action, p.run_id = state, (run_id if state != "run" else None)
+        counts[p.action] += 1
+    return counts
+
+
+def plan_line(counts: dict[str, int]) -> str:
+    """'100 points: 62 done, 1 to resume, 37 to run' (and how many run elsewhere right now)."""
+    n = sum(counts.values())
+    line = f"{n} point{'s' if n != 1 else ''}: {counts['done']} done, {counts['resume']} to resume, {counts['run']} to run"
+    if counts["running"]:
+        line += f", {counts['running']} running in another process (left to it)"
+    return line
+
+
+# ---- data: each data set loaded once per process -------------------------------------------------
+
+
+class DataCache:
+    """The splits a point trains on, loaded once per process: a data set's source and its hold-out
+    splits are kept; of K-fold splits, the last fold's (points are ordered fold by fold)."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Any] = {}
+        self.splits: dict[str, Any] = {}
+        self.fold: tuple[Any, Any] = (None, None)
+
+    def source(self, dataset_cfg):
+        from dlexp.config import to_yaml
+        from dlexp.data import load_source
+
+        key = to_yaml(dataset_cfg)
+        if key not in self.sources:
+            self.sources[key] = load_source(dataset_cfg)
+        return self.sources[key]
+
+    def splits_of(self, point: Point):
+        from dlexp.config import to_yaml
+
+        key = to_yaml(point.cfg.dataset)
+        if point.data[0] == "holdout":
+            if key not in self.splits:
+                from dlexp.data import load_splits
+
+                self.splits[key] = load_splits(point.cfg.dataset)
+            return self.splits[key]
+        _, repeat, index, train_idx, val_idx = point.data
+        if self.fold[0] != (key, repeat, index):
+            from dlexp.kfold import Fold, fold_splits
+
+            self.fold = (None, None)  # the previous fold's tensors are freed before the next is built
+            self.fold = ((key, repeat, index), fold_splits(self.source(point.cfg.dataset), Fold(repeat, index, train_idx, val_idx)))
+        return self.fold[1]
+
+
+# ---- the per-point function ----------------------------------------------------------------------
+
+
+def default_threads(jobs: int = 1) -> int:
+    """torch threads per run when `trainer.threads` is null: the cores this process may use / jobs."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, jobs))
+
+
+def set_threads(cfg, jobs: int = 1) -> int:
+    """Set torch's thread count for a run: `trainer.threads`, or cores / jobs. Returns it."""
+    import torch
+
+    threads = cfg.trainer.get("threads") if "trainer" in cfg else None
+    n = int(threads) if threads else default_threads(jobs)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def run_point(point: Point, data: DataCache, *, jobs: int = 1, on_event: Callable[[dict], None] | None = None) -> Outcome:
+    """Claim `point`, then skip it (done), resume its run, or start a new one; release the claim.
+
+    The decision is taken again under the claim, from the point's record: another process may have
+    run or started it since the plan was made. A crash inside training is recorded in the run folder
+    as `failed` and returned, not raised; Ctrl-C (KeyboardInterrupt) is raised after the run folder
+    says `interrupted`.
+    """
+    from dlexp.runner import execute
+
+    results_dir = point.cfg.results_dir
+    emit = on_event or (lambda e: None)
+    claim = claims.try_claim(results_dir, point.key, {"label": point.label})
+    if claim is None:
+        return Outcome(point.index, None, {"status": "running", "reason": "claimed by another process"}, "busy", os.getpid())
+    try:
+        resume_dir = None
+        if not point.fresh:
+            run_id = last_run(results_dir, point.key)
+            state, summary = run_state(results_dir, run_id)
+            if state == "done":
+                return Outcome(point.index, run_id, summary, "skipped", os.getpid())
+            if state in ("resume", "running"):  # running: a killed run whose heartbeat has not aged yet
+                if (Path(results_dir) / "runs" / run_id / "checkpoint.pt").is_file():
+                    resume_dir = Path(results_dir) / "runs" / run_id
+        set_threads(point.cfg, jobs)
+        splits = data.splits_of(point)
+        epochs = int(point.cfg.trainer.epochs)
+
+        def on_run_dir(run_id: str, first_epoch: int) -> None:
+            from dlexp.atomic import atomic_write
+
+            atomic_write(_record(results_dir, point.key), run_id + "\n")
+            emit({"kind": "start", "index": point.index, "run_id": run_id, "epochs": epochs, "first_epoch": first_epoch, "pid": os.getpid()})
+
+        def on_epoch(epoch: int, records) -> None:
+            emit({"kind": "epoch", "index": point.index, "epoch": epoch, "epochs": epochs, "pid": os.getpid()})
+
+        meta = {**point.meta, "point": point.key}
+        try:
+            run_id, summary = execute(point.cfg, splits, extra_meta=meta, extra_columns=point.columns, on_epoch=on_epoch,
+                                      resume_dir=resume_dir, reraise=False, on_run_dir=on_run_dir)
+        except Exception as e:
+            from dlexp.errors import ConfigError
+            from dlexp.runner import ResultsWriteError
+
+            if isinstance(e, (ConfigError, ResultsWriteError)):
+                raise  # bad input, or a results folder that can no longer be written: the study stops
+            # an exception before the run folder existed (the data, the model on this device)
+            return Outcome(point.index, None, {"status": "failed", "reason": f"{type(e).__name__}: {e}", "final": {},
+                                               "duration_s": 0.0}, "ran", os.getpid())
+        return Outcome(point.index, run_id, summary, "resumed" if resume_dir is not None else "ran", os.getpid())
+    finally:
+        claim.release()
+
+
+# ---- executors -----------------------------------------------------------------------------------
+
+
+class InProcess:
+    """Every point in this process, one after another."""
+
+    def __init__(self, jobs: int = 1):
+        self.jobs = jobs
+
+    def run(self, points: Iterable[Point], data: DataCache, on_event: Callable[[dict], None]) -> None:
+        for p in points:
+            outcome = run_point(p, data, jobs=self.jobs, on_event=on_event)
+            on_event({"kind": "finish", "index": p.index, "outcome": outcome})
+
+
+class Pool:
+    """`--jobs N`: this process and N-1 persistent worker processes take the points one at a time.
+
+    Workers are started once (spawned: each imports torch and dlexp once), keep every data set they
+    have loaded, and ask for the next point as soon as they finish one, so `--jobs 2` is never slower
+    than one process: this process starts training at once, while the workers are still importing.
+    Workers die with this process (`dlexp.lifeline`). Ctrl-C or SIGTERM here stops handing out points
+    and sends SIGTERM to the workers: their runs end `interrupted` with their checkpoints.
+    A worker that dies (killed, out of memory) loses only its point, recorded as `failed`; its run
+    folder is resumed by the next identical command.
+    """
+
+    def __init__(self, jobs: int, parent_trains: bool = True):
+        self.jobs, self.parent_trains = jobs, parent_trains  # parent_trains=False: N worker processes, none here
+
+    def run(self, points: Iterable[Point], data: DataCache, on_event: Callable[[dict], None]) -> None:
+        import collections
+        import multiprocessing as mp
+        import threading
+
+        queue = collections.deque(points)
+        lock = threading.Lock()  # the queue and on_event are shared by this thread and the dispatcher
+        ctx = mp.get_context("spawn")
+        results = ctx.Queue()
+        threads = default_threads(self.jobs)
+        workers = []
+        for w in range(self.jobs - 1 if self.parent_trains else self.jobs):
+            tasks = ctx.Queue()
+            proc = ctx.Process(target=_worker_main, args=(w, threads, self.jobs, tasks, results), daemon=True,
+                               name=f"dlexp-worker-{w}")
+            proc.start()
+            workers.append({"proc": proc, "tasks": tasks, "point": None, "done": False})
+        stop = threading.Event()
+
+        def take() -> Point | None:
+            with lock:
+                return queue.popleft() if queue and not stop.is_set() else None
+
+        def report(event: dict) -> None:
+            with lock:
+                on_event(event)
+
+        def dispatch() -> None:
+            import queue as q
+
+            while not all(w["done"] for w in workers):
+                try:
+                    kind, w, payload = results.get(timeout=0.5)
+                except q.Empty:
+                    for wk in workers:  # a worker that died without a word
+                        if not wk["done"] and not wk["proc"].is_alive():
+                            wk["done"] = True
+                            if wk["point"] is not None:
+                                p = wk["point"]
+                                reason = f"worker process died (exit code {wk['proc'].exitcode}); rerun the command to resume it"
+                                report({"kind": "finish", "index": p.index, "outcome": Outcome(
+                                    p.index, None, {"status": "failed", "reason": reason, "final": {}, "duration_s": 0.0}, "ran")})
+                    continue
+                wk = workers[w]
+                if kind == "event":
+                    report(payload)
+                    continue
+                if kind in ("done", "interrupted"):
+                    report({"kind": "finish", "index": payload.index, "outcome": payload})
+                    wk["point"] = None
+                if kind == "error":
+                    report({"kind": "error", "message": payload})
+                if kind in ("ready", "done"):
+                    p = take()
+                    wk["point"] = p
+                    wk["tasks"].put(to_wire(p) if p is not None else None)
+                    if p is None:
+                        wk["done"] = True
+                if kind in ("interrupted", "error", "exit"):
+                    wk["done"] = True
+
+        dispatcher = threading.Thread(target=dispatch, name="dlexp-dispatch", daemon=True)
+        dispatcher.start()
+        try:
+            while self.parent_trains and (p := take()) is not None:
+                outcome = run_point(p, data, jobs=self.jobs, on_event=report)
+                report({"kind": "finish", "index": p.index, "outcome": outcome})
+            while dispatcher.is_alive():
+                dispatcher.join(timeout=0.2)
+        except BaseException:
+            stop.set()
+            for wk in workers:
+                if wk["proc"].is_alive():
+                    wk["proc"].terminate()  # SIGTERM: the worker's run ends `interrupted`, its files whole
+            dispatcher.join(timeout=60)
+            raise
+        finally:
+            for wk in workers:
+                wk["proc"].join(timeout=10)
+                if wk["proc"].is_alive():
+                    wk["proc"].kill()
+                    wk["proc"].join()
+
+
+def _worker_main(worker: int, threads: int, jobs: int, tasks, results) -> None:
+    """A `--jobs` worker: imports once, keeps its data sets, runs points until it is sent None."""
+    from dlexp.lifeline import die_with_parent
+
+    die_with_parent(ignore_sigint=True)
+    import torch
+
+    torch.set_num_threads(threads)
+    data = DataCache()
+    results.put(("ready", worker, None))
+    try:
+        while (p := tasks.get()) is not None:
+            p = from_wire(p)
+            try:
+                outcome = run_point(p, data, jobs=jobs, on_event=lambda e: results.put(("event", worker, e)))
+            except KeyboardInterrupt:
+                summary = read_summary(Path(p.cfg.results_dir) / "runs" / last_run(p.cfg.results_dir, p.key)) if last_run(
+                    p.cfg.results_dir, p.key) else None
+                results.put(("interrupted", worker, Outcome(p.index, last_run(p.cfg.results_dir, p.key),
+                                                             summary or {"status": "interrupted", "final": {}}, "ran", os.getpid())))
+                return
+            results.put(("done", worker, outcome))
+    except KeyboardInterrupt:
+        results.put(("exit", worker, None))
+    except Exception as e:  # a results folder that cannot be written, or bad input: the parent stops the study
+        results.put(("error", worker, f"{type(e).__name__}: {e}"))
+
+
+def pending(points: list[Point]) -> list[Point]:
+    """The points an executor is given: those not done and not running elsewhere."""
+    return [p for p in points if p.action in ("run", "resume")]
+
+
+def load_outcome(results_dir: str | Path, p: Point) -> Outcome:
+    """The outcome of a point the plan found done (its run folder's summary)."""
+    summary = read_summary(Path(results_dir) / "runs" / p.run_id) if p.run_id else None
+    return Outcome(p.index, p.run_id, summary or {"status": "unknown", "final": {}}, "skipped")
+
+
+def to_wire(p: Point) -> Point:
+    """A copy of `p` that pickles cheaply (the config as a plain dict)."""
+    from omegaconf import OmegaConf
+
+    return dataclasses.replace(p, cfg=OmegaConf.to_container(p.cfg, resolve=True))
+
+
+def from_wire(p: Point) -> Point:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(p.cfg)
+    OmegaConf.set_struct(cfg, True)
+    return dataclasses.replace(p, cfg=cfg)
+
+
+def elapsed_since(t0: float) -> float:
+    return time.perf_counter() - t0
