@@ -10,30 +10,6 @@ import typer
 
 from dlexp.cli.common import err, out, user_errors
 
-_SOURCES: dict[str, Any] = {}  # per process: the data of a study is loaded and parsed once
-
-
-def _source(dataset_cfg):
-    from dlexp.config import to_yaml
-    from dlexp.data import load_source
-
-    key = to_yaml(dataset_cfg)
-    if key not in _SOURCES:
-        _SOURCES[key] = load_source(dataset_cfg)
-    return _SOURCES[key]
-
-
-def _fold_worker(cfg_container: dict, fold, metric: str, at: str, columns: dict, threads: int):
-    import torch
-    from omegaconf import OmegaConf
-
-    from dlexp.kfold import run_fold
-
-    torch.set_num_threads(threads)
-    cfg = OmegaConf.create(cfg_container)
-    return columns["candidate"], fold, run_fold(cfg, _source(cfg.dataset), fold, metric=metric, at=at, extra_columns=columns)
-
-
 def kfold(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="Hydra overrides; with -m, sweeps give the candidates.", show_default=False)] = None,
     folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds K (>= 2).")] = 5,
@@ -43,14 +19,17 @@ def kfold(
     at: Annotated[str, typer.Option("--at", help="Score each fold by the metric's final or best epoch.")] = "final",
     refit: Annotated[bool, typer.Option("--refit", help="Retrain the best candidate on all training data; report its test metric once (house prices: write the Kaggle submission).")] = False,
     multirun: Annotated[bool, typer.Option("-m", "--multirun", help="Candidates from sweeps: optimizer.weight_decay=0,1e-4 model.dropout=0,0.5.")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Folds at once, each in its own process.")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Folds at once: this process and N-1 worker processes.")] = 1,
+    fresh: Annotated[bool, typer.Option("--fresh", help="New runs for every fold, even those an earlier identical command finished.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fold assignment (shared by all candidates).")] = 0,
-    study: Annotated[Optional[str], typer.Option("--study", help="Name of this study (default: kfold-<time>).")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Name of this study (default: kfold-<hash of its settings>, so the same command continues it).")] = None,
     config_dir: Annotated[Optional[str], typer.Option("--config-dir", help="A folder of your own configs, searched before dlexp's.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-fold lines.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")] = False,
 ) -> None:
     """K-fold cross-validation for model selection: rank candidates on the same folds.
+
+    Rerunning the same command continues the study: finished folds are kept, interrupted ones resumed.
 
     Example: dlexp kfold --folds 5 dataset=house_prices model=linear optimizer=adam optimizer.lr=5 trainer.epochs=100
     """
@@ -69,11 +48,15 @@ def kfold(
         if study is not None and not re.match(r"^[A-Za-z0-9_.-]{1,80}$", study):
             raise ConfigError(f"--study: use letters, digits, '.', '_' or '-', got {study!r}")
         grid = config.expand(list(overrides or []), multirun, config_dir)
-        cfgs = [config.compose(o, config_dir) for o in grid]
+        composer = config.GridComposer(config_dir)
+        cfgs = [composer(o) for o in grid]
         datasets = {config.to_yaml(c.dataset) for c in cfgs}
         if len(datasets) > 1:
             raise ConfigError("dataset: every candidate must use the same data set, since the folds are shared")
-        source = _source(cfgs[0].dataset)
+        from dlexp.study import DataCache
+
+        data = DataCache()
+        source = data.source(cfgs[0].dataset)
         from dlexp.kfold import check_metric, default_metric, direction_of, make_folds
 
         metric_name = check_metric(metric, source) if metric is not None else default_metric(source)[0]
@@ -91,95 +74,127 @@ def kfold(
         from dlexp.results import check_writable
 
         check_writable(results_dir)
-        study_dir, study = _new_study_dir(results_dir, study)
-        status = _run_study(grid, cfgs, source, fold_list, metric_name, direction, at, refit, jobs, study, study_dir, quiet, folds, repeats, seed)
+        definition = {"candidates": [[o for o in c if not o.startswith("results_dir=")] for c in grid], "folds": folds,
+                      "repeats": repeats, "seed": seed, "stratify": stratify, "metric": metric_name, "at": at,
+                      "config_dir": config_dir}
+        study_dir, study = _study_dir(results_dir, study, definition)
+        status = _run_study(grid, cfgs, source, fold_list, metric_name, direction, at, refit, jobs, study, study_dir, quiet,
+                            folds, repeats, seed, fresh, data)
     raise typer.Exit(status)
 
 
-def _new_study_dir(results_dir: str, study: Optional[str]):
-    import datetime as dt
-    import secrets
+def _study_dir(results_dir: str, study: Optional[str], definition: dict[str, Any]):
+    """The study's folder: new, or the one an earlier identical command made (it is continued). A
+    name already used by a study with other settings is refused."""
+    import json
     from pathlib import Path
 
     from dlexp.errors import ConfigError
+    from dlexp.results import write_json
+    from dlexp.study import study_id
 
     base = Path(results_dir) / "kfold"
     base.mkdir(parents=True, exist_ok=True)
-    name = study or f"kfold-{dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    name = study or f"kfold-{study_id(definition)}"
+    path = base / name
     try:
-        os.mkdir(base / name)
+        os.mkdir(path)
     except FileExistsError:
-        raise ConfigError(f"--study: {name} already exists under {base}; choose another name") from None
-    return base / name, name
+        try:
+            earlier = json.loads((path / "definition.json").read_text())
+        except (OSError, ValueError):
+            earlier = None
+        if earlier != json.loads(json.dumps(definition)):
+            raise ConfigError(f"--study: {name} already exists under {base} with other candidates or settings; "
+                              "choose another name (or rerun its own command to continue it)") from None
+        return path, name
+    write_json(path / "definition.json", definition)
+    return path, name
 
 
-def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs, study, study_dir, quiet, k, repeats, seed) -> int:
+def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs, study, study_dir, quiet, k, repeats, seed,
+               fresh, data) -> int:
+    """The folds of every candidate as points of one study (dlexp.study), fold by fold: a rerun
+    continues it, --jobs spreads it over worker processes; then the statistics over the fold scores."""
     import time
 
     import pandas as pd
-    from omegaconf import OmegaConf
 
-    from dlexp.kfold import run_fold
+    from dlexp import study as st
+    from dlexp.cli.progress import StudyDisplay
+    from dlexp.kfold import score_of
     from dlexp.results import atomic_write, write_json
 
     labels = _labels(grid)
-    rows: list[dict[str, Any]] = []
     start = time.perf_counter()
+    meta = {"study": {"kind": "kfold", "name": study}}
+    points = []
+    for fold in fold_list:  # fold by fold: an interrupted study has every candidate on its first folds (paired)
+        for c, cfg in enumerate(cfgs):
+            scope = {"kfold": study, "repeat": fold.repeat, "fold": fold.index}
+            points.append(st.Point(
+                index=len(points), overrides=grid[c], cfg=cfg, key=st.identity(cfg, scope),
+                label=f"candidate {c} ({labels[c]}) repeat {fold.repeat} fold {fold.index}",
+                columns={"study": study, "candidate": c, "repeat": fold.repeat, "fold": fold.index}, meta=meta,
+                data=("fold", fold.repeat, fold.index, fold.train_idx, fold.val_idx)))
+    results_dir = cfgs[0].results_dir
+    counts = st.plan(points, results_dir, fresh=fresh)
+    if not quiet:
+        err.print(f"kfold {study}: " + st.plan_line(counts) + (" (--fresh)" if fresh else ""), markup=False)
+    train_metric = "train/" + metric.split("/", 1)[1]
+    rows: dict[int, dict[str, Any]] = {}
+
+    def record(o: st.Outcome) -> None:
+        if o.how == "busy":
+            return
+        p = points[o.index]
+        s = o.summary
+        rows[o.index] = dict(candidate=p.columns["candidate"], label=labels[p.columns["candidate"]], repeat=p.columns["repeat"],
+                             fold=p.columns["fold"], run_id=o.run_id, status=s.get("status"), score=score_of(s, metric, at),
+                             train_score=score_of(s, train_metric, "final"), duration_s=float(s.get("duration_s") or 0.0))
+        atomic_write(study_dir / "folds.csv", pd.DataFrame([rows[i] for i in sorted(rows)]).to_csv(index=False))
+
+    for p in points:
+        if p.action == "done":
+            record(st.load_outcome(results_dir, p))
+    todo = st.pending(points)
+    display = StudyDisplay(f"kfold {study}", {p.index: p.label for p in todo}, {p.index: int(p.cfg.trainer.epochs) for p in todo},
+                           quiet, on_finish=record)
+    executor = st.Pool(jobs) if jobs > 1 and len(todo) > 1 else st.InProcess(jobs)
     interrupted = False
-
-    def record(c: int, fold, result) -> None:
-        run_id, status, score, train_score, seconds = result
-        rows.append(dict(candidate=c, label=labels[c], repeat=fold.repeat, fold=fold.index, run_id=run_id, status=status,
-                         score=score, train_score=train_score, duration_s=seconds))
-        if not quiet:
-            err.print(f"[{len(rows)}/{len(cfgs) * len(fold_list)}] candidate {c} ({labels[c]}) repeat {fold.repeat} fold {fold.index}: {metric} {score:.4g} ({status})", markup=False)
-        atomic_write(study_dir / "folds.csv", pd.DataFrame(rows).to_csv(index=False))
-
-    cols = lambda c: {"study": study, "candidate": c}
     try:
-        if jobs == 1:
-            for c, cfg in enumerate(cfgs):
-                for fold in fold_list:
-                    record(c, fold, run_fold(cfg, source, fold, metric=metric, at=at, extra_columns=cols(c)))
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-                futures = [
-                    pool.submit(_fold_worker, OmegaConf.to_container(cfg, resolve=True), fold, metric, at, cols(c), threads)
-                    for c, cfg in enumerate(cfgs) for fold in fold_list
-                ]
-                try:
-                    for f in as_completed(futures):
-                        record(*f.result())
-                except KeyboardInterrupt:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+        with display:
+            executor.run(todo, data, display.event)
     except KeyboardInterrupt:
         interrupted = True
-
-    folds_df = pd.DataFrame(rows)
+    busy = counts["running"] + sum(1 for p in todo if p.index not in rows)
+    folds_df = pd.DataFrame([rows[i] for i in sorted(rows)])
+    if len(folds_df):
+        folds_df = folds_df.sort_values(["candidate", "repeat", "fold"]).reset_index(drop=True)
+        atomic_write(study_dir / "folds.csv", folds_df.to_csv(index=False))
     n_val = int(sum(len(f.val_idx) for f in fold_list) / len(fold_list))
     n_train = len(source) - n_val
-    ranking, best = _rank(folds_df, labels, direction, n_train, n_val) if rows else (pd.DataFrame(), None)
+    ranking, best = _rank(folds_df, labels, direction, n_train, n_val) if len(folds_df) else (pd.DataFrame(), None)
     summary = {
         "study": study, "metric": metric, "direction": direction, "at": at, "folds": k, "repeats": repeats,
         "seed": seed, "dataset": source.name, "candidates": [{"candidate": i, "overrides": o} for i, o in enumerate(grid)],
         "interrupted": interrupted, "duration_s": time.perf_counter() - start, "best": best,
+        "points": len(points), "complete": len(folds_df) == len(points),
         "fold_indices": [{"repeat": f.repeat, "fold": f.index, "val_idx": f.val_idx.tolist()} for f in fold_list],
     }
     if len(ranking):
         atomic_write(study_dir / "summary.csv", ranking.to_csv(index=False))
     _print_ranking(ranking, best, metric, direction, study, study_dir)
-    if refit and best is not None and not interrupted:
+    if refit and best is not None and not interrupted and len(folds_df) == len(points):
         summary["refit"] = _refit(cfgs[best["candidate"]], source, study, study_dir, metric)
     write_json(study_dir / "study.json", summary)
+    if busy and not interrupted:
+        err.print(f"{busy} fold(s) were running in another process; rerun the same command once it ends to rank them too",
+                  markup=False)
     if interrupted:
-        err.print("interrupted: the finished folds are kept and ranked")
+        err.print("interrupted: the finished folds are kept and ranked; rerun the same command to continue", markup=False)
         return 130
-    return 1 if any(r["status"] == "failed" for r in rows) else 0
+    return 1 if any(r["status"] == "failed" for r in rows.values()) else 0
 
 
 def _labels(grid: list[list[str]]) -> list[str]:
