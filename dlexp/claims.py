@@ -34,8 +34,8 @@ def interval() -> float:
 
 
 def stale_after() -> float:
-    """A heartbeat older than this many seconds is a dead holder's (6 missed beats, at least 10 s)."""
-    return max(6 * interval(), 10.0)
+    """A heartbeat older than this many seconds is a dead holder's: 6 missed beats (30 s by default)."""
+    return 6 * interval()
 
 
 def host_id() -> str:

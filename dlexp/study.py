@@ -163,6 +163,14 @@ def plan(points: list[Point], results_dir: str | Path, fresh: bool = False) -> d
     return counts
 
 
+def record_grid(results_dir: str | Path, grid_id: str, points: list[Point], command: list[str]) -> None:
+    """`<results_dir>/.points/grid-<id>.json`: the grid's command and point keys, for `dlexp status`."""
+    from dlexp.atomic import atomic_write
+
+    path = Path(results_dir) / claims.CLAIMS / f"grid-{grid_id}.json"
+    atomic_write(path, json.dumps({"id": grid_id, "command": command, "keys": [p.key for p in points]}))
+
+
 def plan_line(counts: dict[str, int]) -> str:
     """'100 points: 62 done, 1 to resume, 37 to run' (and how many run elsewhere right now)."""
     n = sum(counts.values())
@@ -216,7 +224,11 @@ class DataCache:
 
 
 def default_threads(jobs: int = 1) -> int:
-    """torch threads per run when `trainer.threads` is null: the cores this process may use / jobs."""
+    """torch threads per run when `trainer.threads` is null: $OMP_NUM_THREADS where it is set, else
+    the cores this process may use (its CPU affinity, which a batch scheduler sets) / jobs."""
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -461,3 +473,118 @@ def from_wire(p: Point) -> Point:
 
 def elapsed_since(t0: float) -> float:
     return time.perf_counter() - t0
+
+
+# ---- what a results folder holds: `dlexp status` -------------------------------------------------
+
+STATUSES = ("ok", "diverged", "pruned", "interrupted", "failed", "running", "killed")
+
+
+def survey(results_dir: str | Path) -> list[dict[str, Any]]:
+    """The runs under `results_dir`, grouped by study: a grid (by its id), a K-fold study, a sweep, or
+    single runs. Each group: kind, name, counts by status, the runs left unfinished, and the command
+    that continues it. A run without summary.json is `running` while its heartbeat is fresh, else
+    `killed` (resumable if it has a checkpoint)."""
+    runs = Path(results_dir) / "runs"
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for d in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+            meta = meta if isinstance(meta, dict) else {}
+        except (OSError, ValueError):
+            meta = {}
+        summary = read_summary(d)
+        status = summary.get("status") if summary is not None else ("running" if is_running(d) else "killed")
+        if status not in STATUSES:
+            status = "failed"
+        info = meta.get("study") if isinstance(meta.get("study"), dict) else {}
+        if info.get("kind") == "grid":
+            gk = ("grid", str(info.get("id")))
+        elif info.get("kind") == "kfold":
+            gk = ("kfold", str(info.get("name")))
+        elif isinstance(meta.get("sweep"), dict):
+            gk = ("sweep", str(meta["sweep"].get("study")))
+        else:
+            gk = ("runs", "single runs")
+        g = groups.setdefault(gk, {"kind": gk[0], "name": gk[1], "counts": dict.fromkeys(STATUSES, 0),
+                                   "keys": set(), "done_keys": set(), "unfinished": [], "command": None, "started": ""})
+        g["counts"][status] += 1
+        key = meta.get("point")
+        if key:
+            g["keys"].add(key)
+            if status in DONE:
+                g["done_keys"].add(key)
+        if status in ("interrupted", "failed", "killed"):
+            g["unfinished"].append((d.name, status, (d / "checkpoint.pt").is_file()))
+        if isinstance(meta.get("command"), list) and str(meta.get("started", "")) >= g["started"]:
+            g["command"], g["started"] = meta["command"], str(meta.get("started", ""))
+    done_anywhere = set().union(*(g["done_keys"] for g in groups.values()))  # two grids may share points
+    for f in sorted((Path(results_dir) / claims.CLAIMS).glob("grid-*.json")):
+        try:
+            grid = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        g = groups.setdefault(("grid", grid.get("id")), {"kind": "grid", "name": grid.get("id"), "counts": dict.fromkeys(STATUSES, 0),
+                                                         "keys": set(), "done_keys": set(), "unfinished": [], "command": None,
+                                                         "started": ""})
+        g["grid_keys"] = grid.get("keys", [])
+        if g["command"] is None:
+            g["command"] = grid.get("command")
+    out = []
+    for g in groups.values():
+        if g["kind"] == "grid" and "grid_keys" in g:
+            g["missing"] = max(0, sum(k not in done_anywhere for k in g["grid_keys"]) - g["counts"]["running"])
+        elif g["kind"] == "kfold":
+            g["missing"] = _kfold_missing(Path(results_dir), g["name"], len(g["done_keys"]), g["counts"]["running"])
+        else:
+            g["missing"] = 0  # a sweep knows its own count (--trials); single runs have none
+        g["continue"] = continue_command(g)
+        out.append(g)
+    order = {"grid": 0, "kfold": 1, "sweep": 2, "runs": 3}
+    return sorted(out, key=lambda g: (order[g["kind"]], g["started"]))
+
+
+def _kfold_missing(results_dir: Path, name: str, done: int, running: int) -> int:
+    try:
+        points = json.loads((results_dir / "kfold" / name / "study.json").read_text()).get("points")
+    except (OSError, ValueError, AttributeError):
+        points = None
+    return max(0, points - done - running) if isinstance(points, int) else 0
+
+
+def continue_command(g: dict[str, Any]) -> str | None:
+    """The command that continues an unfinished study: its own command again (a rerun continues it);
+    for single runs, `dlexp run --resume` of each resumable one."""
+    import shlex
+
+    if g["kind"] == "runs":
+        resumable = [r for r, status, ckpt in g["unfinished"] if ckpt and status != "failed"]
+        return " ; ".join(f"dlexp run --resume {r}" for r in resumable[:3]) + (" ; ..." if len(resumable) > 3 else "") or None
+    if not g["missing"] and not g["unfinished"] or not g["command"]:
+        return None
+    args = [a for a in g["command"][1:]]
+    return "dlexp " + shlex.join(args)
+
+
+def sweep_studies(results_dir: str | Path) -> list[dict[str, Any]]:
+    """The sweep studies stored under `<results_dir>/sweeps/` (SQLite files and journals), with the
+    trial counts of their last trials table. Studies in a database server are not listed here."""
+    import csv
+
+    folder = Path(results_dir) / "sweeps"
+    found: dict[str, dict[str, Any]] = {}
+    for f in sorted(folder.glob("*")) if folder.is_dir() else []:
+        if f.suffix in (".db", ".log") and f.is_file():
+            found.setdefault(f.stem, {"study": f.stem, "storage": str(f), "trials": None, "states": {}, "best": None})
+    for f in sorted(folder.glob("*.trials.csv")) if folder.is_dir() else []:
+        name = f.name[: -len(".trials.csv")]
+        row = found.setdefault(name, {"study": name, "storage": "(a database server)", "trials": None, "states": {}, "best": None})
+        try:
+            with open(f, newline="") as fh:
+                trials = list(csv.DictReader(fh))
+        except (OSError, csv.Error):
+            continue
+        row["trials"] = len(trials)
+        for t in trials:
+            row["states"][t.get("state", "?")] = row["states"].get(t.get("state", "?"), 0) + 1
+    return list(found.values())

@@ -12,6 +12,7 @@ from dlexp.cli.kfold import kfold
 from dlexp.cli.list import list_choices
 from dlexp.cli.report import report
 from dlexp.cli.run import run
+from dlexp.cli.status import status
 from dlexp.cli.sweep import sweep
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.command("kfold", context_settings={"allow_interspersed_args": True})(kfold)
 app.command("sweep", context_settings={"allow_interspersed_args": True})(sweep)
 app.command("report")(report)
 app.command("check-optimizers")(check_optimizers)
+app.command("status")(status)
 
 
 def _terminate(signum, frame) -> None:

@@ -217,6 +217,8 @@ def _grid(grid: list[list[str]], cfgs: list, jobs: int, quiet: bool, fresh: bool
             counts[k] += v
     if not quiet:
         err.print(study.plan_line(counts) + (" (--fresh)" if fresh else ""), markup=False)
+    for d in results_dirs:
+        study.record_grid(d, grid_id, [p for p in points if p.cfg.results_dir == d], _command())
     todo = study.pending(points)
     if todo:
         _preflight([p.cfg for p in todo])
@@ -242,6 +244,17 @@ def _grid(grid: list[list[str]], cfgs: list, jobs: int, quiet: bool, fresh: bool
                   "from its checkpoint)", markup=False)
         return 130
     return _exit_code(statuses)
+
+
+def _command() -> list[str]:
+    """This command line as meta.json records it (passwords in URLs masked, where dlexp masks them)."""
+    import sys
+
+    try:
+        from dlexp.sweep import mask
+    except ImportError:
+        return list(sys.argv)
+    return [mask(a) for a in sys.argv]
 
 
 def _print_grid(points, outcomes, varying, limit: int = 200) -> None:
