@@ -154,6 +154,24 @@ def bench_sweep(repeats: int) -> list[dict]:
                 f"mean over {trials} trials (digits MLP, 2 epochs); with the one-time start {r['overhead_s']:.2f} s/trial")]
 
 
+def bench_study(repeats: int) -> list[dict]:
+    import study_overhead as so
+
+    env = {**os.environ, "DLEXP_OFFLINE": "1", "DLEXP_DATA": str(DATA)}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    cost = so.extra_point_cost({"this": (sys.executable, env)}, 20, repeats)["this"]
+    ratio, seq, par = so.jobs_ratio(sys.executable, 10, repeats, env)
+    rows = [
+        row("extra grid point beyond its training (ms)", cost * 1e3, "<= 30", cost <= 0.030, f"digits, 1 epoch, median of {repeats} rounds"),
+        row("--jobs 2 / sequential (10 digits runs)", ratio, "<= 1.0", ratio <= 1.0, f"{par:.1f} s vs {seq:.1f} s"),
+    ]
+    if DATA.is_dir():
+        m = so.memory_ratio(sys.executable, env)
+        rows.append(row("Fashion-MNIST run peak memory / data size", m["ratio"], "<= 1.3", m["ratio"] <= 1.3,
+                        f"load + 1 epoch; {m['peak_mb'] - m['base_mb']:.0f} MB over {m['data_mb']:.0f} MB"))
+    return rows
+
+
 BENCHES = {
     "train_loop": bench_train_loop,
     "optim_step": lambda r: bench_optim_step(100 * r + 100),
@@ -161,6 +179,7 @@ BENCHES = {
     "kfold": bench_kfold,
     "sweep": bench_sweep,
     "data_load": bench_data_load,
+    "study": bench_study,
 }
 
 

@@ -268,3 +268,22 @@ def test_status_groups_runs_by_study_and_says_how_to_continue(cli, start, result
     assert rows["sweep sw"][0] != "" or rows["sweep sw"][2] != ""  # ok or pruned trials
     assert "continue grid" in text and "seed=7,8" in text  # the command that continues the killed grid
     assert "sw" in text.split("sweep studies")[-1]  # the list of sweep studies
+
+
+def test_splits_built_inside_the_pool_equal_the_copied_ones(make_cfg):
+    # load_splits gathers the training rows inside the pool's own memory (no second copy of the pool)
+    import numpy as np
+
+    from dlexp.data import holdout_indices, load_source, make_splits
+
+    cfg = make_cfg().dataset
+    train_idx, val_idx = holdout_indices(load_source(cfg), 0.1, 0)
+    copied = make_splits(load_source(cfg), train_idx, val_idx)
+    source = load_source(cfg)
+    pool = source.x
+    moved = make_splits(source, train_idx, val_idx, consume=True)
+    assert moved.train[0].data_ptr() == pool.data_ptr()  # the same memory, not a copy
+    for a, b in zip((*copied.train, *copied.val, *copied.test), (*moved.train, *moved.val, *moved.test)):
+        assert torch.equal(a, b)
+    assert source.x is None  # consumed: nobody can use the moved rows by mistake
+    assert len(np.intersect1d(train_idx, val_idx)) == 0
