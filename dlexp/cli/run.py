@@ -77,7 +77,7 @@ def _compose_all(grid: list[list[str]], config_dir: Optional[str], quiet: bool) 
         except config.ConfigError as e:
             raise config.ConfigError(f"{e} (grid point {i + 1} of {len(grid)}: {' '.join(o)})") from None
         now = time.perf_counter() - t0
-        if not quiet and now - shown >= 2.0:
+        if not quiet and len(grid) >= 500 and now - shown >= 2.0:  # a long grid says how far it got
             shown = now
             err.print(f"composing the grid: {i + 1} of {len(grid)} points", markup=False)
     return cfgs
