@@ -64,7 +64,13 @@ def test_sweep_trials_and_kfold_folds_keep_their_curves(cli, results_dir, tmp_pa
     assert "warning" not in capsys.readouterr().err
     assert len(runs) == 5 and set(metrics["run_id"]) == set(runs["run_id"])
     assert {"study", "trial", "fold"} <= set(metrics.columns)
-    r = invoke("--results-dir", str(results_dir), "--metric", "val/acc", "--target", "val/acc=0.05", "--format", "csv")
+    r = invoke("--results-dir", str(results_dir), "--metric", "val/acc", "--target", "val/acc=0.05", "--format", "csv",
+               "--kind", "all")
     assert r.exit_code == 0, r.output
     table = pd.read_csv(io.StringIO(r.stdout))
     assert table["n"].sum() == 5 and "warning" not in r.stderr
+    # by default the two kinds are kept apart: the kfold folds (the first kind present), and a note on the trials
+    r = invoke("--results-dir", str(results_dir), "--format", "csv")
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(io.StringIO(r.stdout))
+    assert table["n"].sum() == 2 and set(table["kind"]) == {"fold"} and "3 sweep trials" in r.stderr
