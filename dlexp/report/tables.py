@@ -45,12 +45,17 @@ def spreadsheet_safe(v: Any) -> Any:
 
 
 def to_csv(table) -> str:
+    """CSV text with formula-like text cells escaped; text is quoted, so a CR in a cell stays in it."""
+    import csv
+
+    import pandas as pd
+
     safe = table.copy()
     safe.columns = [spreadsheet_safe(str(c)) for c in table.columns]
     for c in safe.columns:
-        if safe[c].dtype == object:
+        if not pd.api.types.is_numeric_dtype(safe[c]) and not pd.api.types.is_bool_dtype(safe[c]):
             safe[c] = safe[c].map(spreadsheet_safe)
-    return safe.to_csv(index=False)
+    return safe.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC)
 
 
 def to_markdown(table) -> str:
