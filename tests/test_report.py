@@ -533,17 +533,17 @@ def test_a_baseline_naming_one_configuration_compares_every_other_group_with_it(
     spec = rp.parse_baseline("optimizer=sgd,optimizer.momentum=0", runs, by)
     assert spec == {"optimizer.name": "sgd", "optimizer.momentum": "0"}
     table, notes = rp.compare_to_baseline(runs, by, "test/acc", spec)
-    assert dict(zip(table["group"], table["baseline"])) == {"adam momentum=-": "sgd momentum=0", "sgd momentum=0.9": "sgd momentum=0"}
+    assert dict(zip(table["group"], table["baseline"])) == {"adam": "sgd momentum=0", "sgd momentum=0.9": "sgd momentum=0"}
     assert notes == [n for n in notes if "Wilcoxon" in n]  # nothing skipped
     # naming only the optimizer picks two sgd groups: adam has no partner with its momentum, and says so
     table, notes = rp.compare_to_baseline(runs, by, "test/acc", {"optimizer.name": "sgd"})
     assert table.empty
-    assert any("not compared: adam momentum=-" in n and "--baseline optimizer=VALUE,optimizer.momentum=VALUE" in n for n in notes)
+    assert any("not compared: adam:" in n and "--baseline optimizer=VALUE,optimizer.momentum=VALUE" in n for n in notes)
     r = invoke("--results-dir", str(momentum_grid), "--by", "optimizer,optimizer.momentum", "--baseline",
                "optimizer=sgd,optimizer.momentum=0", "--format", "csv")
     assert r.exit_code == 0, r.output
     table = pd.read_csv(io.StringIO(r.stdout)).set_index("group")
-    assert table["baseline"].dropna().to_dict() == {"adam momentum=-": "sgd momentum=0", "sgd momentum=0.9": "sgd momentum=0"}
+    assert table["baseline"].dropna().to_dict() == {"adam": "sgd momentum=0", "sgd momentum=0.9": "sgd momentum=0"}
     assert table["n_pairs"].dropna().tolist() == [3, 3]
     r = invoke("--results-dir", str(momentum_grid), "--by", "optimizer", "--baseline", "optimizer=sgd,optimizer.momentum=0")
     assert r.exit_code == 2 and "optimizer.momentum is not a grouping key" in r.stderr

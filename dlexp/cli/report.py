@@ -150,11 +150,11 @@ def _report(rp, *, results_dir, by, metric, at, baseline, ci, target, plots, x, 
         figs, more = rp.make_plots(kinds, runs, metrics, keys, metric, summary, at=at, include_failed=include_failed, xs=xs)
         for n in more:
             err.print(f"note: {n}", markup=False)
-        for stem, fig in figs:
-            png, svg = rp.figure_bytes(fig)
-            folder.write(f"{rp.safe_name(stem)}.png", png)
-            folder.write(f"{rp.safe_name(stem)}.svg", svg)
-            images.append((stem, png))
+        for plot in figs:
+            png, svg = rp.figure_bytes(plot.figure)
+            folder.write(f"{rp.safe_name(plot.stem)}.png", png)
+            folder.write(f"{rp.safe_name(plot.stem)}.svg", svg)
+            images.append((plot.caption, png))
         if figs:
             err.print(f"wrote {len(figs)} plots (PNG and SVG) to {folder.path}/", markup=False)
     if html:

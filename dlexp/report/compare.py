@@ -25,15 +25,21 @@ def _short(key: str) -> str:
 
 
 def group_label(by: Sequence[str], values: Sequence[Any]) -> str:
-    """'sgd lr=0.01': a group choice (`optimizer.name`) by its value, other keys as short=value."""
+    """'sgd lr=0.01': a group choice (`optimizer.name`) by its value, other keys as short=value.
+
+    A key the group does not have (adam has no `optimizer.momentum`) is left out of its label: the
+    other values already tell the groups apart ('adam' beside 'sgd momentum=0.9').
+    """
     if not by:
         return "all runs"
     shorts = [_short(k) for k in by]
     parts = []
     for k, s, v in zip(by, shorts, values):
+        if fmt_value(v) == "-" and not k.endswith(".name"):
+            continue
         name = s if shorts.count(s) == 1 else k
         parts.append(fmt_value(v) if k.endswith(".name") else f"{name}={fmt_value(v)}")
-    return " ".join(parts)
+    return " ".join(parts) or "(no value)"
 
 
 def assign_groups(runs, by: Sequence[str]):

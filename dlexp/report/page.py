@@ -20,7 +20,7 @@ h1{font-size:1.15em;font-weight:600;color:#555;margin:0 0 .6em}
 .answer{background:#eef5ee;border-left:5px solid #2e7d32;padding:.7em 1em;margin:0 0 1em;font-size:1.08em;line-height:1.45}
 .answer p{margin:.15em 0}.answer p:first-child{font-size:1.15em;font-weight:600}
 table{border-collapse:collapse;font-size:.9em;margin:.3em 0 1em}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}td:first-child,th:first-child{text-align:left}
 th{background:#f4f4f4}tr.best td{font-weight:600;background:#f6fbf6}
 ul.notes{font-size:.85em;color:#444;padding-left:1.2em}
 img{max-width:100%;margin:.4em 0 1.2em;display:block}h2{font-size:1em;margin:1.2em 0 .2em}
@@ -53,7 +53,7 @@ def glance(table, metric: str) -> tuple[list[str], list[list[str]]]:
                 row += [f"{num(r['diff'], sign=True)} vs {base}", f"[{num(r['diff_ci_low'], sign=True)}, {num(r['diff_ci_high'], sign=True)}]",
                         pvalue(r.get("p_t_holm"))]
             else:
-                row += ["", "", ""]
+                row += ["baseline" if r["group"] in set(t["baseline"].dropna()) else "", "", ""]
         rows.append(row)
     return head, rows
 

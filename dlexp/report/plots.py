@@ -8,7 +8,7 @@ so that a `$` in it is shown as a dollar sign, never parsed as mathtext.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from dlexp.report.compare import assign_groups, group_label, group_order, statistic_runs
 from dlexp.report.runs import ReportError, is_number, listing, lower_is_better, metric_label, varying_keys
@@ -279,32 +279,42 @@ def figure_bytes(fig) -> tuple[bytes, bytes]:
     return png.getvalue(), svg.getvalue()
 
 
+class Plot(NamedTuple):
+    stem: str  # the file name without suffix
+    figure: Any
+    caption: str  # what it shows, for people (the HTML page's heading)
+
+
 def make_plots(kinds: Sequence[str], runs, metrics, by: Sequence[str], metric: str, summary, *, at: str = "final",
-               include_failed: bool = False, xs: Sequence[str] = DEFAULT_X) -> tuple[list[tuple[str, Any]], list[str]]:
-    """The figures asked for, as (file stem, Figure), and notes on those that could not be drawn.
+               include_failed: bool = False, xs: Sequence[str] = DEFAULT_X) -> tuple[list[Plot], list[str]]:
+    """The figures asked for, and notes on those that could not be drawn; the final metric per group
+    (the answer at a glance) comes first.
 
     Curves and lr plots show the runs that enter the statistics (a pruned trial's short schedule or a
     diverged run's curve would misdraw its group), as the tables do.
     """
     figs, notes = [], []
     used = statistic_runs(runs, include_failed)
-    for kind in kinds:
+    what = f"{at} {metric_label(metric)}"
+    for kind in sorted(kinds, key=lambda k: k != "final"):
         if kind == "curves":
             panels = curve_panels(metric, metrics)
             for x in xs:
-                figs.append((plot_name("curves", metric, x), plot_curves(used, metrics, by, panels, x)))
+                figs.append(Plot(plot_name("curves", metric, x), plot_curves(used, metrics, by, panels, x),
+                                 f"Learning curves ({', '.join(p.split('/')[0] for p in panels)}) against {X_LABELS[x]}"))
         elif kind == "lr":
             if ((metrics["split"] == "train") & (metrics["metric"] == "lr")).any():
-                figs.append((plot_name("lr", metric), plot_lr(used, metrics, by)))
+                figs.append(Plot(plot_name("lr", metric), plot_lr(used, metrics, by), "Learning rate each configuration used"))
             else:
                 notes.append("lr plot skipped: no run records train/lr")
         elif kind == "sensitivity":
             if "optimizer.lr" in runs and runs["optimizer.lr"].dropna().nunique() > 1:
-                figs.append((plot_name("sensitivity", metric), plot_sensitivity(runs, by, metric, at=at, include_failed=include_failed)))
+                figs.append(Plot(plot_name("sensitivity", metric), plot_sensitivity(runs, by, metric, at=at, include_failed=include_failed),
+                                 f"Sensitivity of the {what} to the learning rate"))
             else:
                 notes.append("sensitivity plot skipped: optimizer.lr takes a single value")
         elif kind == "final":
-            figs.append((plot_name("final", metric), plot_final(summary, metric, at=at)))
+            figs.append(Plot(plot_name("final", metric), plot_final(summary, metric, at=at), f"The {what} per group, with 95% CIs"))
     return figs, notes
 
 
