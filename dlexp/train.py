@@ -343,7 +343,8 @@ def summarize(records: list[dict[str, Any]], higher_is_better=("acc",)) -> dict[
 
     For each metric M, the best epoch is the first epoch with the best finite val/M (`best_epoch[M]`);
     `best[S/M]` is S/M at that epoch for every split S. The test split never chooses the epoch
-    (that would be selection on the data reported), so without a validation split `best` is empty.
+    (that would be selection on the data reported), so without a validation split `best` is empty and
+    `best_on` is None.
     """
     final: dict[str, float] = {}
     by_epoch: dict[str, dict[int, float]] = {}
@@ -366,4 +367,5 @@ def summarize(records: list[dict[str, Any]], higher_is_better=("acc",)) -> dict[
         for other, vals in by_epoch.items():
             if other.endswith("/" + metric) and epoch in vals:
                 best[other] = vals[epoch]
-    return {"final": final, "best": best, "best_epoch": best_epoch}
+    # best_on says which split chose the best epoch; None: no validation split, so no epoch was chosen
+    return {"final": final, "best": best, "best_epoch": best_epoch, "best_on": "val" if best_epoch else None}

@@ -577,7 +577,7 @@ def test_summarize_takes_every_split_at_the_epoch_the_validation_split_chose():
     assert s["best"] == {"val/acc": 0.80, "test/acc": 0.75, "train/acc": 0.7, "val/loss": 0.3, "test/loss": 0.35}
     assert s["final"]["test/acc"] == 0.99
     no_val = summarize([r for r in rows if r["split"] != "val"])
-    assert no_val["best"] == {} and no_val["best_epoch"] == {}
+    assert no_val["best"] == {} and no_val["best_epoch"] == {} and no_val["best_on"] is None and s["best_on"] == "val"
 
 
 def test_at_best_uses_the_validation_choice_and_refuses_test_values_without_a_validation_split(tmp_path):
@@ -593,6 +593,12 @@ def test_at_best_uses_the_validation_choice_and_refuses_test_values_without_a_va
     assert r.exit_code == 2 and "needs a validation split" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = invoke("--results-dir", str(root2), "--at", "best")
     assert r.exit_code == 2 and "validation split" in r.stderr
+    root3 = tmp_path / "mixed"  # one run with a validation split, one without: the second has no best value
+    write_run(root3, "with", seed=0, curve=[0.6, 0.9, 0.7])
+    write_run(root3, "without", seed=1, curve=[0.6, 0.9, 0.7], val=False)
+    r = invoke("--results-dir", str(root3), "--at", "best", "--metric", "test/acc", "--format", "csv")
+    assert r.exit_code == 0 and pd.read_csv(io.StringIO(r.stdout))["n"].tolist() == [1]
+    assert "1 run(s) have no validation split to choose a best epoch on" in r.stderr
     # a run from before: best.test/acc chosen on test itself, no best_epoch; its value is left out and said so
     old = root / "runs" / "r0" / "summary.json"
     data = json.loads(old.read_text())

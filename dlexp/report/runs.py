@@ -223,12 +223,14 @@ def select_section(runs) -> tuple[Any, list[str]]:
 
 
 def default_metric(runs, at: str = "final") -> str:
-    """test/acc for classification, test/rmse for regression; val/... when there is no test split."""
+    """test/acc for classification; for regression test/log_rmse where recorded (positive targets, as
+    dlexp kfold and Kaggle's house prices use it), else test/rmse; val/... when there is no test split."""
     names = metric_columns(runs, at)
-    base = {"classification": "acc", "regression": "rmse"}.get(task_of(names))
-    for split in ("test", "val", "train"):
-        if base and f"{split}/{base}" in names:
-            return f"{split}/{base}"
+    bases = {"classification": ("acc",), "regression": ("log_rmse", "rmse")}.get(task_of(names), ())
+    for base in bases:
+        for split in ("test", "val", "train"):
+            if f"{split}/{base}" in names:
+                return f"{split}/{base}"
     for split in ("test", "val", "train"):
         if f"{split}/loss" in names:
             return f"{split}/loss"
@@ -262,18 +264,22 @@ def best_notes(runs, metric: str, at: str) -> tuple[Any, list[str]]:
     Runs written before dlexp chose the best epoch on validation data (no `best_epoch.*` columns)
     stored `best.test/*` as the best test value over epochs: selection on the test set.
     """
-    if at != "best" or metric.startswith("val/"):
+    if at != "best":
         return runs, []
-    name = metric.split("/")[-1]
-    col = f"best_epoch.{name}"
-    chosen = runs[col].notna() if col in runs else runs.index.to_series().map(lambda _: False)
+    notes = []
+    col = f"best_epoch.{metric.split('/')[-1]}"
+    chosen = runs[col].notna() if col in runs else runs["run_id"].map(lambda _: False)
     stale = runs[f"best.{metric}"].notna() & ~chosen
-    if not stale.any():
-        return runs, []
-    runs = runs.copy()
-    runs.loc[stale, f"best.{metric}"] = math.nan
-    return runs, [f"{int(stale.sum())} run(s) written by an older dlexp chose best.{metric} on the {metric.split('/')[0]} data "
-                  "itself; their values are left out (rerun them, or use --at final)"]
+    if stale.any() and not metric.startswith("val/"):
+        runs = runs.copy()
+        runs.loc[stale, f"best.{metric}"] = math.nan
+        notes.append(f"{int(stale.sum())} run(s) written by an older dlexp chose best.{metric} on the {metric.split('/')[0]} data "
+                     "itself; their values are left out (rerun them, or use --at final)")
+    final = f"final.{metric}"
+    no_val = runs[final].notna() & runs[f"best.{metric}"].isna() & ~stale if final in runs else runs["run_id"].map(lambda _: False)
+    if no_val.any():
+        notes.append(f"{int(no_val.sum())} run(s) have no validation split to choose a best epoch on; they have no value at best")
+    return runs, notes
 
 
 _METRIC_NAMES = {"acc": "accuracy", "loss": "loss", "rmse": "RMSE", "log_rmse": "log RMSE", "lr": "learning rate"}
