@@ -509,6 +509,10 @@ def test_kfold_candidates_report_their_validation_scores_with_kind_fold(three_ki
     r = invoke("--results-dir", str(three_kinds), "--kind", "all", "--by", "optimizer", "--format", "csv")
     assert r.exit_code == 0 and "--kind" not in r.stderr
     assert pd.read_csv(io.StringIO(r.stdout)).set_index("group").loc["sgd", "kind"] == "fold+run+trial"
+    r = invoke("--results-dir", str(three_kinds), "--kind", "all", "--by", "kind,optimizer", "--metric", "val/acc", "--format", "csv")
+    assert r.exit_code == 0, r.output
+    assert pd.read_csv(io.StringIO(r.stdout))[["group", "n"]].values.tolist() == [
+        ["kind=fold adam", 3], ["kind=fold sgd", 3], ["kind=run sgd", 3], ["kind=trial sgd", 3]]
     r = invoke("--results-dir", str(three_kinds), "--kind", "trials")
     assert r.exit_code == 2 and "run, fold, trial or all" in r.stderr
 

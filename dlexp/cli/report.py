@@ -17,7 +17,7 @@ MAX_ERROR = 400  # characters: an error line that quotes file content stays one 
 def report(
     results_dir: Annotated[str, typer.Option("--results-dir", help="The folder holding runs/<run_id>/.")] = "results",
     by: Annotated[Optional[str], typer.Option("--by", help="Config keys naming the groups, comma-separated: optimizer (= optimizer.name), optimizer.lr. Default: the keys that vary across runs (seed, repeat and fold excluded).")] = None,
-    metric: Annotated[Optional[str], typer.Option("--metric", help="SPLIT/METRIC to compare. Default: test/acc (classification) or test/rmse (regression), val/... without a test split.")] = None,
+    metric: Annotated[Optional[str], typer.Option("--metric", help="SPLIT/METRIC to compare. Default: test/acc (classification) or test/log_rmse, else test/rmse (regression); val/... without a test split.")] = None,
     at: Annotated[str, typer.Option("--at", help="Value at the end of training (final), or at the best epoch (best), which is chosen on the validation split; test values at best need one.")] = "final",
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="The baseline group, KEY=VALUE[,KEY=VALUE...], e.g. optimizer=sgd or optimizer=sgd,optimizer.momentum=0 (one configuration): paired tests per group over shared seeds (and folds), Holm-corrected.")] = None,
     ci: Annotated[str, typer.Option("--ci", help="95% CI of group means: t (Student t) or bootstrap (seeded studentized bootstrap, from 5 runs). Fold scores always get the corrected t interval.")] = "t",

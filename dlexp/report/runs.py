@@ -122,7 +122,7 @@ def config_keys(runs) -> list[str]:
 def resolve_key(key: str, runs) -> str:
     """`optimizer` -> `optimizer.name` (a group alone means its choice); `optimizer.lr` stays."""
     cols = set(runs.columns)
-    if key in cols and key not in ("final", "best", "kind"):
+    if key in cols and key not in ("final", "best"):
         return key
     if f"{key}.name" in cols:
         return f"{key}.name"
