@@ -128,4 +128,4 @@ def test_corrected_interval_covers_the_generalization_error_of_repeated_kfold_wh
     corrected = _coverage(lambda x: stats.corrected_t_interval(x, (n // k) / n_train), draws, truth)
     plain = _coverage(stats.t_interval, draws, truth)
     assert corrected >= 0.925, corrected  # measured 0.945
-    assert plain <= 0.85, plain  # measured 0.77: the overconfidence the correction removes
+    assert plain <= 0.85, plain  # measured 0.77 to 0.80: the overconfidence the correction removes

@@ -150,7 +150,7 @@ def interval_notes(summary, ci: str) -> list[str]:
         small = summary.loc[(method == "bootstrap-t") & (summary["n"] < stats.FEW_RUNS), "group"].tolist()
         if small:
             notes.append(f"bootstrap-t intervals from fewer than {stats.FEW_RUNS} runs ({listing(small, 6)}) are approximate: "
-                         "in simulation they cover about 95% on normal data but about 89-91% on skewed data")
+                         "in simulation they cover about 95% on normal data but about 90% on skewed data")
     return notes
 
 
