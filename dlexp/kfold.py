@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -205,19 +204,26 @@ def cross_validate(
 
 
 # ---- statistics over folds ---------------------------------------------------------------------
+# The arithmetic lives in dlexp.report.stats (pure functions shared with `dlexp report`); these
+# wrappers give it the shapes the kfold tables use.
 
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
-    """(mean, sample std, low, high) of a t-interval; nan bounds for fewer than 2 values."""
-    from scipy import stats
+    """(mean, sample std, low, high) of a plain t-interval; nan bounds for fewer than 2 values."""
+    return corrected_interval(values, 0.0, level)
+
+
+def corrected_interval(values: list[float], test_train_ratio: float, level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, sample std, low, high) of a candidate's J fold scores, with Nadeau & Bengio's corrected
+    variance (1/J + n_val/n_train) * s^2: folds share training data, so s^2 / J is too small."""
+    from dlexp.report.stats import corrected_t_interval
 
     x = np.asarray(values, dtype=float)
     mean = float(x.mean()) if len(x) else float("nan")
     if len(x) < 2:
         return mean, float("nan"), float("nan"), float("nan")
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * sd / math.sqrt(len(x))
-    return mean, sd, mean - half, mean + half
+    low, high = corrected_t_interval(x, test_train_ratio, level)
+    return mean, float(x.std(ddof=1)), low, high
 
 
 def corrected_paired_test(a: list[float], b: list[float], n_train: int, n_val: int, direction: str) -> dict[str, float]:
@@ -226,24 +232,13 @@ def corrected_paired_test(a: list[float], b: list[float], n_train: int, n_val: i
     Fold scores share training data, so the plain paired t-test is overconfident; the corrected
     variance is (1/J + n_val/n_train) * s^2 over the J fold differences (Nadeau & Bengio 2003,
     "Inference for the Generalization Error"; Bouckaert & Frank 2004). Returns the mean difference
-    (a - b, oriented so that positive means `a` is better), its 95% interval, the one-sided p-value
-    for "a is not better", and the share of folds `a` wins.
+    (a - b, oriented so that positive means `a` is better), its 95% interval, the ONE-SIDED p-value
+    for "a is not better", the share of folds `a` wins and ties. When `a` and `b` are the top two of a
+    ranking made from these same scores, the test comes after the selection and its p is optimistic.
     """
-    from scipy import stats
+    from dlexp.report.stats import corrected_paired_t
 
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if direction == "minimize":
         d = -d
-    J = len(d)
-    mean = float(d.mean())
-    out = {"diff": mean, "wins": float((d > 0).mean()), "folds": J}
-    if J < 2:
-        return {**out, "low": float("nan"), "high": float("nan"), "p": float("nan")}
-    var = float(d.var(ddof=1))
-    se = math.sqrt((1.0 / J + n_val / n_train) * var)
-    tcrit = float(stats.t.ppf(0.975, J - 1))
-    if se == 0:
-        p = 0.0 if mean > 0 else 1.0
-    else:
-        p = float(stats.t.sf(mean / se, J - 1))
-    return {**out, "low": mean - tcrit * se, "high": mean + tcrit * se, "p": p}
+    return corrected_paired_t(d, n_val / n_train, alternative="greater")

@@ -127,8 +127,8 @@ def load_runs(results_dir: str | Path = "results"):
             if not isinstance(summary, dict) or not isinstance(cfg, dict):
                 raise ValueError("summary.json or config.yaml is not a mapping")
             flat = flatten(cfg)
-        except (OSError, ValueError, yaml.YAMLError) as e:
-            print(f"warning: skipping run {d.name}: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
+        except (OSError, ValueError, yaml.YAMLError, RecursionError) as e:  # RecursionError: nested too deep to read
+            print(f"warning: skipping run {d.name}: {type(e).__name__}: {_clip(_first_line(e))}", file=sys.stderr)
             continue
         row = {"run_id": d.name}
         row.update(flat)
@@ -140,14 +140,36 @@ def load_runs(results_dir: str | Path = "results"):
         wrong = [k for k, v in row.items() if _numeric_field(k) and v is not None
                  and (isinstance(v, bool) or not isinstance(v, (int, float)))]
         if wrong:
-            print(f"warning: skipping run {d.name}: summary.json {wrong[0]} is not a number ({row[wrong[0]]!r})", file=sys.stderr)
+            print(f"warning: skipping run {d.name}: summary.json {_clip(wrong[0])} is not a number ({_show(row[wrong[0]])})", file=sys.stderr)
+            continue
+        # the fields a report sorts, pairs and groups runs by must be plain values
+        fields = {**{k: summary[k] for k in ("status", "study", "trial", "candidate", "repeat", "fold") if k in summary},
+                  **({"seed": cfg["seed"]} if "seed" in cfg else {})}
+        odd = [k for k, v in fields.items() if (k == "status" and not isinstance(v, str))
+               or (v is not None and (isinstance(v, bool) or not isinstance(v, (str, int, float))))]
+        if odd:
+            print(f"warning: skipping run {d.name}: {'config.yaml' if odd[0] == 'seed' else 'summary.json'} {odd[0]} is not "
+                  f"{'a string' if odd[0] == 'status' else 'a plain value'} ({_show(fields[odd[0]])})", file=sys.stderr)
             continue
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _numeric_field(key: str) -> bool:
-    return key.startswith(("final.", "best.")) or key in ("duration_s", "epochs_completed", "steps")
+    return key.startswith(("final.", "best.", "best_epoch.")) or key in ("duration_s", "epochs_completed", "steps")
+
+
+def _show(value: Any) -> str:
+    """A short repr of a value read from a file (its type name if it is nested too deep to print)."""
+    try:
+        return _clip(repr(value))
+    except RecursionError:
+        return f"a deeply nested {type(value).__name__}"
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """At most `limit` characters of text read from a file: a warning never echoes a whole file."""
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text)} chars)"
 
 
 def _first_line(e: BaseException) -> str:

@@ -351,15 +351,34 @@ def restore_rng(rng: dict[str, Any], shuffle: torch.Generator, device: torch.dev
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def summarize(records: list[dict[str, Any]], higher_is_better=("acc",)) -> dict[str, dict[str, float]]:
-    """Final (last epoch) and best (over epochs) value of every split/metric."""
+def summarize(records: list[dict[str, Any]], higher_is_better=("acc",)) -> dict[str, dict[str, Any]]:
+    """Final (last epoch) value of every split/metric, and the values at the best epoch chosen on validation.
+
+    For each metric M, the best epoch is the first epoch with the best finite val/M (`best_epoch[M]`);
+    `best[S/M]` is S/M at that epoch for every split S. The test split never chooses the epoch
+    (that would be selection on the data reported), so without a validation split `best` is empty and
+    `best_on` is None.
+    """
     final: dict[str, float] = {}
-    best: dict[str, float] = {}
+    by_epoch: dict[str, dict[int, float]] = {}
     for r in records:
         key = f"{r['split']}/{r['metric']}"
         final[key] = r["value"]
-        if r["metric"] in ("lr", "epoch_s") or not math.isfinite(r["value"]):
+        by_epoch.setdefault(key, {})[r["epoch"]] = r["value"]
+    best: dict[str, float] = {}
+    best_epoch: dict[str, int] = {}
+    for key, values in by_epoch.items():
+        split, _, metric = key.partition("/")
+        if split != "val" or metric in ("lr", "epoch_s"):
             continue
-        better = max if r["metric"] in higher_is_better else min
-        best[key] = better(best[key], r["value"]) if key in best else r["value"]
-    return {"final": final, "best": best}
+        finite = [(e, v) for e, v in sorted(values.items()) if math.isfinite(v)]
+        if not finite:
+            continue
+        sign = 1 if metric in higher_is_better else -1
+        epoch = max(finite, key=lambda ev: (sign * ev[1], -ev[0]))[0]  # the best value; the first epoch among equals
+        best_epoch[metric] = epoch
+        for other, vals in by_epoch.items():
+            if other.endswith("/" + metric) and epoch in vals:
+                best[other] = vals[epoch]
+    # best_on says which split chose the best epoch; None: no validation split, so no epoch was chosen
+    return {"final": final, "best": best, "best_epoch": best_epoch, "best_on": "val" if best_epoch else None}

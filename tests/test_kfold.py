@@ -311,7 +311,7 @@ def test_ranking_tables_and_the_named_best_candidate(cli, results_dir):
     assert {"candidate", "label", "repeat", "fold", "run_id", "status", "score", "train_score", "duration_s"} <= set(folds.columns)
     assert len(folds) == 9 and sorted(folds.groupby("candidate").size().tolist()) == [3, 3, 3]
     assert not folds.duplicated(["candidate", "repeat", "fold"]).any()
-    assert {"rank", "candidate", "label", "n", "failed", "mean", "std", "ci_low", "ci_high"} <= set(summary.columns)
+    assert {"rank", "candidate", "label", "n", "failed", "mean", "std", "ci_low", "ci_high", "train_running", "gap_running"} <= set(summary.columns)
     assert len(summary) == 3 and sorted(summary["candidate"]) == [0, 1, 2]
     assert summary["rank"].tolist() == [1, 2, 3]
     assert summary["mean"].is_monotonic_decreasing  # val/acc: higher is better
@@ -319,10 +319,12 @@ def test_ranking_tables_and_the_named_best_candidate(cli, results_dir):
     runs = run_files(results_dir)
     for _, r in folds.iterrows():
         assert r["score"] == runs[r["run_id"]][0]["final"]["val/acc"]
-    # mean, std and 95% CI per candidate, recomputed with scipy from folds.csv
+    # mean, std and 95% CI per candidate, recomputed from folds.csv: a t interval with Nadeau & Bengio's
+    # corrected variance (1/J + n_val/n_train) s^2 (folds share training data; n_val, n_train as below)
     for _, r in summary.iterrows():
         s = folds[folds.candidate == r["candidate"]].sort_values("fold")["score"].to_numpy()
-        lo, hi = stats.t.interval(0.95, df=len(s) - 1, loc=s.mean(), scale=stats.sem(s))
+        half = stats.t.ppf(0.975, len(s) - 1) * math.sqrt((1 / len(s) + 479 / 959) * s.var(ddof=1))
+        lo, hi = s.mean() - half, s.mean() + half
         assert r["n"] == 3 and r["failed"] == 0
         assert r["mean"] == pytest.approx(s.mean(), rel=1e-12)
         assert r["std"] == pytest.approx(s.std(ddof=1), rel=1e-9)
@@ -342,6 +344,8 @@ def test_ranking_tables_and_the_named_best_candidate(cli, results_dir):
     t = dd.mean() / math.sqrt((1 / 3 + n_val / n_train) * dd.var(ddof=1))
     assert vs["candidate"] == second
     assert vs["p"] == pytest.approx(stats.t.sf(t, 2), rel=1e-9)
+    assert vs["alternative"].startswith("one-sided") and vs["post_selection"] is True
+    assert "one-sided p = " in res.stdout and "post-selection" in res.stdout and "running" not in res.stdout.split("best:")[1]
 
 
 # ---- refit --------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import io
 import json
 
 import pandas as pd
+import pytest
 
 from test_report import invoke  # tests/ is on sys.path (pytest's default rootdir-relative import)
 
@@ -64,7 +65,33 @@ def test_sweep_trials_and_kfold_folds_keep_their_curves(cli, results_dir, tmp_pa
     assert "warning" not in capsys.readouterr().err
     assert len(runs) == 5 and set(metrics["run_id"]) == set(runs["run_id"])
     assert {"study", "trial", "fold"} <= set(metrics.columns)
-    r = invoke("--results-dir", str(results_dir), "--metric", "val/acc", "--target", "val/acc=0.05", "--format", "csv")
+    r = invoke("--results-dir", str(results_dir), "--metric", "val/acc", "--target", "val/acc=0.05", "--format", "csv",
+               "--kind", "all")
     assert r.exit_code == 0, r.output
     table = pd.read_csv(io.StringIO(r.stdout))
     assert table["n"].sum() == 5 and "warning" not in r.stderr
+    # by default the two kinds are kept apart: the kfold folds (the first kind present), and a note on the trials
+    r = invoke("--results-dir", str(results_dir), "--format", "csv")
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(io.StringIO(r.stdout))
+    assert table["n"].sum() == 2 and set(table["kind"]) == {"fold"} and "3 sweep trials" in r.stderr
+
+
+def test_a_repeated_kfold_study_is_paired_by_repeat_and_fold_and_agrees_with_kfolds_own_ranking(cli, results_dir):
+    """2 candidates x 2 repeats x 2 folds, trained for real: the report pairs 4 folds (not 2 averaged
+    ones), and its corrected 95% CI per candidate is the one `dlexp kfold` printed in its ranking."""
+    small = ["trainer.epochs=1", "trainer.batch_size=512", "trainer.device=cpu", f"results_dir={results_dir}"]
+    r = cli("kfold", "--folds", "2", "--repeats", "2", "--study", "rep", "-q", "-m", "optimizer.lr=0.01,0.1", *small)
+    assert r.exit_code == 0, r.output
+    r = invoke("--results-dir", str(results_dir), "--baseline", "optimizer.lr=0.01", "--format", "json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["kind"] == ["fold"] and data["metric"] == "val/acc" and data["by"] == ["optimizer.lr"]
+    groups = {g["optimizer.lr"]: g for g in data["groups"]}
+    assert groups[0.1]["n_pairs"] == 4 and groups[0.1]["test"] == "corrected paired t"
+    ranking = pd.read_csv(results_dir / "kfold" / "rep" / "summary.csv")
+    for _, row in ranking.iterrows():
+        lr = 0.01 if "0.01" in row["label"] else 0.1
+        g = groups[lr]
+        assert g["n"] == 4 and g["ci_method"] == "corrected t"
+        assert (g["ci_low"], g["ci_high"]) == (pytest.approx(row["ci_low"], rel=1e-12), pytest.approx(row["ci_high"], rel=1e-12))

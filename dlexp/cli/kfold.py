@@ -208,23 +208,32 @@ def _labels(grid: list[list[str]]) -> list[str]:
 
 
 def _rank(folds_df, labels, direction, n_train, n_val):
+    """The ranking table (one row per candidate) and the best candidate, compared with the runner-up.
+
+    The 95% CI of a candidate's mean uses Nadeau & Bengio's corrected variance (its fold scores share
+    training data). `train_running` is the training metric as the loop records it: the mean over the
+    last epoch's minibatches while training (dropout on, weights moving), not an eval-mode score, so
+    `gap_running` (train_running - val, signed so that > 0 means it fits train better) may be negative.
+    """
     import pandas as pd
 
-    from dlexp.kfold import corrected_paired_test, t_interval
+    from dlexp.kfold import corrected_interval, corrected_paired_test
 
+    ratio = n_val / n_train
     rows = []
     for c, g in folds_df.groupby("candidate", sort=True):
         g = g.sort_values(["repeat", "fold"])
         scores = g["score"].tolist()
         ok = [s for s in scores if not math.isnan(s)]
-        mean, sd, low, high = t_interval(ok) if len(ok) == len(scores) else (float("nan"),) * 4
+        mean, sd, low, high = corrected_interval(ok, ratio) if len(ok) == len(scores) else (float("nan"),) * 4
         train = float(g["train_score"].mean())
         gap = (train - mean) if direction == "maximize" else (mean - train)  # > 0: fits train better than val
         rows.append(dict(candidate=int(c), label=labels[int(c)], n=len(scores), failed=len(scores) - len(ok),
-                         mean=mean, std=sd, ci_low=low, ci_high=high, train=train, gap=gap, cost_s=float(g["duration_s"].sum())))
+                         mean=mean, std=sd, ci_low=low, ci_high=high, train_running=train, gap_running=gap,
+                         cost_s=float(g["duration_s"].sum())))
     ranking = pd.DataFrame(rows)
     ascending = direction == "minimize"
-    ranking = ranking.sort_values("mean", ascending=ascending, na_position="last").reset_index(drop=True)
+    ranking = ranking.sort_values("mean", ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
     ranking.insert(0, "rank", range(1, len(ranking) + 1))
     top = ranking.iloc[0]
     if math.isnan(top["mean"]):
@@ -235,7 +244,9 @@ def _rank(folds_df, labels, direction, n_train, n_val):
         a = folds_df[folds_df.candidate == best["candidate"]].sort_values(["repeat", "fold"])["score"].tolist()
         b = folds_df[folds_df.candidate == second].sort_values(["repeat", "fold"])["score"].tolist()
         if len(a) == len(b):
-            best["vs_runner_up"] = {"candidate": second, **corrected_paired_test(a, b, n_train, n_val, direction)}
+            best["vs_runner_up"] = {"candidate": second, **corrected_paired_test(a, b, n_train, n_val, direction),
+                                    "test": "Nadeau-Bengio corrected resampled t-test", "alternative": "one-sided (best > runner-up)",
+                                    "post_selection": True}
     return ranking, best
 
 
@@ -246,21 +257,36 @@ def _print_ranking(ranking, best, metric, direction, study, study_dir) -> None:
         out.print("no fold finished")
         return
     table = Table(title=f"kfold {study}: {metric} ({'higher' if direction == 'maximize' else 'lower'} is better)")
-    for col in ("rank", "candidate", "mean", "std", "95% CI", "train", "gap", "cost s"):
+    for col in ("rank", "candidate", "mean", "std", "95% CI", "train*", "gap*", "cost s"):
         table.add_column(col, justify="right" if col != "candidate" else "left")
     f = lambda v: "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
     for _, r in ranking.iterrows():
         table.add_row(str(r["rank"]), f"{r['candidate']}: {r['label']}" + (f" ({r['failed']} failed)" if r["failed"] else ""),
-                      f(r["mean"]), f(r["std"]), f"[{f(r['ci_low'])}, {f(r['ci_high'])}]", f(r["train"]), f(r["gap"]), f"{r['cost_s']:.1f}")
+                      f(r["mean"]), f(r["std"]), f"[{f(r['ci_low'])}, {f(r['ci_high'])}]", f(r["train_running"]),
+                      f(r["gap_running"]), f"{r['cost_s']:.1f}")
     out.print(table)
+    out.print("95% CI: t interval with Nadeau & Bengio's corrected variance (folds share training data). "
+              "* train: the mean over the last epoch's minibatches while training (dropout on, weights moving), "
+              "not an eval-mode score; gap = train* - val (> 0: fits train better), so it can be negative.", markup=False)
     if best is not None:
-        line = f"best: candidate {best['candidate']} ({best['label']}), mean {metric} {best['mean']:.4g}"
-        vs = best.get("vs_runner_up")
-        if vs:
-            line += (f"; vs runner-up {vs['candidate']}: better by {vs['diff']:.4g} (95% CI [{vs['low']:.4g}, {vs['high']:.4g}]), "
-                     f"wins {vs['wins'] * 100:.0f}% of {vs['folds']} folds, corrected paired t-test p = {vs['p']:.3g}")
-        out.print(line, markup=False)
+        out.print(_best_line(best, ranking, metric), markup=False)
     out.print(f"study: {study_dir}", markup=False)
+
+
+def _best_line(best, ranking, metric) -> str:
+    """The best candidate in one line; against the runner-up, an exact tie is said to be one."""
+    line = f"best: candidate {best['candidate']} ({best['label']}), mean {metric} {best['mean']:.4g}"
+    vs = best.get("vs_runner_up")
+    if vs is None:
+        return line
+    if vs["ties"] == 1.0:
+        return line + f"; a tie with runner-up {vs['candidate']}: the same score on all {vs['folds']} folds (ranked first by candidate number only)"
+    if vs["diff"] == 0:
+        return line + f"; vs runner-up {vs['candidate']}: the same mean (a tie on average), wins {vs['wins'] * 100:.0f}% of {vs['folds']} folds"
+    p = "undefined (the same difference on every fold)" if math.isnan(vs["p"]) else f"{vs['p']:.3g}"
+    return line + (f"; vs runner-up {vs['candidate']}: better by {vs['diff']:.4g} (95% CI [{vs['low']:.4g}, {vs['high']:.4g}]), "
+                   f"wins {vs['wins'] * 100:.0f}% of {vs['folds']} folds; corrected paired t-test, one-sided p = {p} "
+                   "(post-selection: these two were picked as the top two by the same fold scores, so p is optimistic)")
 
 
 def _refit(cfg, source, study, study_dir, metric) -> dict[str, Any]:
