@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import sys
 import time
@@ -44,6 +45,8 @@ def meta(cfg, device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch_threads": torch.get_num_threads(),
+        # read by OpenMP when torch is imported; dlexp's CLI sets PASSIVE unless the user set it (cli/__init__.py)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "command": sys.argv,
         "seed": int(cfg.seed),
         "amp": cfg.trainer.get("amp", "none"),
@@ -117,8 +120,10 @@ def execute(
     """
     import torch
 
+    from dlexp.loggers import Loggers
     from dlexp.train import summarize, train
 
+    loggers = Loggers(cfg, extra_columns)  # trainer.loggers (TensorBoard, MLflow): see dlexp/loggers.py
     state: dict[str, Any] = {"run_id": None, "path": None, "started": time.perf_counter()}
     extra_columns = extra_columns or {}
 
@@ -143,6 +148,11 @@ def execute(
         results.write_json(path / "meta.json", meta(cfg, device, extra_meta))
         return run_id
 
+    def start(device) -> str:
+        run_id = on_start(device)
+        loggers.start(run_id, state["path"], resumed=resume)
+        return run_id
+
     def on_checkpoint(ckpt) -> None:
         # serialized in memory first: torch.save on a full disk raises RuntimeError, atomic_write OSError
         results.atomic_write(state["path"] / "checkpoint.pt", _to_bytes(ckpt))
@@ -153,6 +163,7 @@ def execute(
 
     def epoch_hook(epoch, records) -> None:
         write_metrics(records)
+        loggers.epoch(epoch, records)
         if on_epoch is not None:
             on_epoch(epoch, records)
 
@@ -167,13 +178,16 @@ def execute(
             **extra_columns,
             **summarize(records),
         }
-        write_metrics(records)
-        results.write_json(state["path"] / "summary.json", summary)
+        try:
+            write_metrics(records)
+            results.write_json(state["path"] / "summary.json", summary)
+        finally:
+            loggers.finish(status, reason)  # never raises; waits at most loggers.FINISH_WAIT_S
         return summary
 
     try:
         res = train(
-            cfg, splits, on_start=on_start, on_epoch=epoch_hook, progress=progress, resume=resume,
+            cfg, splits, on_start=start, on_epoch=epoch_hook, progress=progress, resume=resume,
             on_checkpoint=on_checkpoint if checkpoints else None,
         )
     except BaseException as e:
