@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -83,9 +84,13 @@ def _require(name: str, modules: tuple[str, ...]) -> None:
         raise ConfigError(f"trainer.loggers: {name} needs the {missing[0]} package: pip install 'dlexp[{name}]'")
 
 
-def _one_line(error: BaseException, limit: int = 300) -> str:
+def _one_line(error: BaseException, limit: int = 240) -> str:
+    """The error on one line, cut at `limit` characters; an OS error's reason ("[Errno 111] Connection
+    refused") at the end of a long message (MLflow wraps it in its retries) is kept."""
     text = " ".join(str(error).split()) or type(error).__name__
-    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) > limit:
+        cause = re.search(r"\[Errno -?\d+\][^'\")\]]*", text)
+        text = text[: limit - 3] + "..." + (f" ({cause.group(0).strip()})" if cause and cause.end() > limit - 3 else "")
     return f"{type(error).__name__}: {text}"
 
 
@@ -117,9 +122,10 @@ class TensorBoard:
         # purge_step: a run killed after logging epoch k but before its checkpoint redoes epoch k on
         # resume; TensorBoard hides the events at and after the first epoch that is run again
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=None if resumed is None else int(resumed["epoch"]) + 1)
+        # a password in trainer.mlflow_uri is masked here as everywhere dlexp prints or records
         self.hparams = {k: _hparam(v) for k, v in {**flatten(cfg), **columns}.items()}
         self.hparams_written = False
-        text = "\n".join("    " + line for line in to_yaml(cfg).splitlines())  # indented: markdown code
+        text = "\n".join("    " + line for line in _mask(to_yaml(cfg)).splitlines())  # indented: markdown code
         self.writer.add_text("config", f"run {run_id}\n\n{text}", global_step=0)
 
     def epoch(self, epoch: int, rows: list[dict[str, Any]]) -> None:
@@ -145,7 +151,7 @@ def _hparam(value: Any) -> Any:
     """A config value as TensorBoard takes it: numbers stay numbers, the rest (bools, null) as text."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
-    return str(value)
+    return _mask(str(value))
 
 
 def _session_end(status: str):
@@ -204,7 +210,7 @@ class MLflow:
         self.run_id, self.run_dir = run_id, run_dir
         # the epochs a resumed run already has: the killed process may not have sent them all (see _open)
         self.done = None if resumed is None else list(resumed["records"])
-        self.params = {k: str(v) for k, v in flatten(cfg).items()}
+        self.params = {k: _mask(str(v)) for k, v in flatten(cfg).items()}
         self.tags = {"dlexp.run_id": run_id, **{k: str(columns[k]) for k in STUDY_COLUMNS if k in columns}}
         self.client = None
         self.mlflow_run = None
