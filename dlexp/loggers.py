@@ -16,7 +16,7 @@ A resumed run continues the same TensorBoard folder (events past the checkpoint 
 same MLflow run. A logger never fails a run: its first error is one warning on stderr, after which
 that logger is dropped for the rest of the run. MLflow talks to its server from a background thread
 with bounded retries and timeouts, so a slow or dead server never slows training, and the end of a
-run waits at most FINISH_WAIT_S for the last calls.
+run gives up on a call that has had no answer for FINISH_WAIT_S.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ from typing import Any, Callable
 
 from dlexp.errors import ConfigError
 
-# how long the end of a run waits for a logger's queued calls (an MLflow server that stopped
-# answering); the training itself never waits for a logger
-FINISH_WAIT_S = 30.0
+# the end of a run waits for a logger's queued calls while none of them has been running for longer
+# than this (an MLflow server that stopped answering); the training itself never waits for a logger.
+# Longer than MLflow's bounded HTTP retries below (3 tries of 10 s) and than making a new SQLite
+# store on a 2-core machine at load average 12 (31 s measured, with the import of mlflow 19 s more)
+FINISH_WAIT_S = 60.0
 
 # MLflow's own HTTP defaults retry 7 times with exponential backoff and wait 120 s a request: minutes
 # for a server that is down. These bound it; a value the user set in the environment wins.
@@ -46,7 +48,7 @@ MLFLOW_HTTP_BOUNDS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
 
-# the columns of a study (kfold, sweep) that become MLflow tags and TensorBoard text
+# the columns of a study (kfold, sweep) that become MLflow tags (TensorBoard has them among the hparams)
 STUDY_COLUMNS = ("study", "candidate", "repeat", "fold", "trial")
 
 
@@ -94,11 +96,11 @@ def _one_line(error: BaseException, limit: int = 240) -> str:
     return f"{type(error).__name__}: {text}"
 
 
-_warned: set[str] = set()  # one warning per logger and message per process, not one per run of a grid
+_warned: set[tuple[str, str]] = set()  # one warning per logger and message per process, not one per run of a grid
 
 
-def _warn(name: str, error: BaseException, run_id: str, mask: Callable[[str], str] = str) -> None:
-    message = mask(_one_line(error))
+def _warn(name: str, error: BaseException, run_id: str) -> None:
+    message = _mask(_one_line(error))
     if (name, message) in _warned:
         return
     _warned.add((name, message))
@@ -161,8 +163,10 @@ def _session_end(status: str):
     from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
 
+    # the plugin knows SUCCESS, FAILURE, RUNNING and UNKNOWN: a diverged or pruned run finished (its
+    # status is a result); an interrupted one did neither (the "status" text says which)
     code = {"ok": "STATUS_SUCCESS", "diverged": "STATUS_SUCCESS", "pruned": "STATUS_SUCCESS",
-            "failed": "STATUS_FAILURE", "interrupted": "STATUS_ABORTED"}.get(status, "STATUS_UNKNOWN")
+            "failed": "STATUS_FAILURE"}.get(status, "STATUS_UNKNOWN")
     content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(code), end_time_secs=time.time()),
                                 version=PLUGIN_DATA_VERSION)
     metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=content.SerializeToString()))
@@ -214,11 +218,13 @@ class MLflow:
         self.tags = {"dlexp.run_id": run_id, **{k: str(columns[k]) for k in STUDY_COLUMNS if k in columns}}
         self.client = None
         self.mlflow_run = None
+        import mlflow  # noqa: F401  (here, not on the sender's thread: its ~1 s import is part of the start)
+
         self.sender = _Sender(f"mlflow logger of {run_id}", self._failed)
         self.sender.call(self._open)
 
     def _failed(self, error: BaseException) -> None:
-        _warn(self.name, error, self.run_id, _mask)
+        _warn(self.name, error, self.run_id)
 
     def _open(self) -> None:
         self.client, experiment_id = _mlflow_client(self.uri, self.experiment, self.artifacts)
@@ -332,13 +338,16 @@ class _file_lock:
 
 class _Sender:
     """Calls run in order on one daemon thread. The first call that raises is reported through
-    `on_error` and every later call is dropped; `close(wait)` waits at most `wait` seconds for the
-    queue to empty, then leaves the thread behind (it dies with the process)."""
+    `on_error` and every later call is dropped. `close(stall)` waits for the queue to empty as long
+    as no single call has been running for more than `stall` seconds (a server that stopped
+    answering); then it reports a TimeoutError and leaves the thread behind (it dies with the process)."""
 
     def __init__(self, name: str, on_error: Callable[[BaseException], None]):
         self.calls: queue.Queue = queue.Queue()
         self.on_error = on_error
         self.failed = False
+        self.busy_since: float | None = None  # when the call now running started
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._work, name=name, daemon=True)
         self.thread.start()
 
@@ -353,15 +362,28 @@ class _Sender:
                 return
             if self.failed:
                 continue
+            self.busy_since = time.monotonic()
             try:
                 fn()
             except Exception as e:
-                self.failed = True
-                self.on_error(e)
+                self._fail(e)
+            self.busy_since = None
 
-    def close(self, wait: float) -> None:
+    def _fail(self, error: BaseException) -> None:
+        with self.lock:  # reported once, whether the call raised or close() stopped waiting for it
+            if self.failed:
+                return
+            self.failed = True
+        self.on_error(error)
+
+    def close(self, stall: float) -> None:
         self.calls.put(None)
-        self.thread.join(wait)
+        while self.thread.is_alive():
+            self.thread.join(0.1)
+            busy = self.busy_since
+            if busy is not None and time.monotonic() - busy > stall and self.thread.is_alive():
+                self._fail(TimeoutError(f"a call has had no answer for {stall:.0f} s; what was not sent is lost"))
+                return
 
 
 LOGGERS: dict[str, type] = {"tensorboard": TensorBoard, "mlflow": MLflow}
@@ -385,7 +407,7 @@ class Loggers:
             try:
                 self.active.append(LOGGERS[name](self.cfg, run_id, Path(run_dir), self.columns, resumed))
             except Exception as e:
-                _warn(name, e, run_id, _mask)
+                _warn(name, e, run_id)
 
     def epoch(self, epoch: int, records: list[dict[str, Any]]) -> None:
         """Hand `epoch`'s rows (the tail of `records`) to every logger."""
@@ -409,5 +431,5 @@ class Loggers:
             try:
                 fn(logger)
             except Exception as e:
-                _warn(logger.name, e, self.run_id, _mask)
+                _warn(logger.name, e, self.run_id)
                 self.active.remove(logger)

@@ -182,7 +182,7 @@ def execute(
             write_metrics(records)
             results.write_json(state["path"] / "summary.json", summary)
         finally:
-            loggers.finish(status, reason)  # never raises; waits at most loggers.FINISH_WAIT_S
+            loggers.finish(status, reason)  # never raises; gives up on a call stalled for loggers.FINISH_WAIT_S
         return summary
 
     try:

@@ -240,6 +240,35 @@ def test_a_killed_and_resumed_run_continues_its_tensorboard_folder_and_mlflow_ru
         assert history[tag] == want[tag], tag
 
 
+@pytest.mark.slow
+def test_ctrl_c_ends_the_tensorboard_and_mlflow_records_as_interrupted(cli_subprocess, results_dir):
+    need("tensorboard")
+    need("mlflow")
+    run = cli_subprocess("run", "trainer.epochs=200", "trainer.batch_size=16", "model.hidden=[32]", "trainer.device=cpu",
+                         f"results_dir={results_dir}", "trainer.loggers=[tensorboard,mlflow]", "--quiet", start=True)
+    try:
+        poll(lambda: len(run_dirs(results_dir)) == 1 and mlflow_steps(results_dir) >= 1, run)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=240)
+    finally:
+        run.kill()
+    assert run.returncode == 130, err
+    assert "warning" not in err
+    folder = run_dirs(results_dir)[0]
+    assert json.loads((folder / "summary.json").read_text())["status"] == "interrupted"
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(folder / "tensorboard"))
+    acc.Reload()
+    assert acc.Tensors("status/text_summary")[-1].tensor_proto.string_val[0].decode().startswith("interrupted")
+    end = plugin_data_pb2.HParamsPluginData.FromString(acc.PluginTagToContent("hparams")["_hparams_/session_end_info"])
+    assert end.session_end_info.status == 0  # STATUS_UNKNOWN: neither a success nor a failure
+    (m,) = mlflow_runs(results_dir)
+    assert m.info.status == "KILLED" and m.data.tags["status"] == "interrupted"
+
+
 def python_without(tmp_path: Path, prefixes: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     """A real environment in which the distributions named by `prefixes` are not installed: this
     venv's site-packages, every entry linked into a folder except theirs, used with `python -S`."""
