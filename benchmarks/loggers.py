@@ -2,10 +2,10 @@
 with a server that is down (a closed port on 127.0.0.1), side by side.
 
 Each measurement is a fresh `python -m dlexp run` (the loggers' imports and the MLflow store's set-up
-are part of the cost), interleaved round by round in alternating order. Printed per variant: the
-median training time (summary.json `duration_s`: what a slow logger would stretch) and the median
-process wall time (start-up and the end-of-run wait for the logger included), each with its ratio
-to the run without loggers. The MLflow store is made before the first round, as after a user's first run.
+are part of the cost), interleaved round by round in alternating order. Printed per variant, as
+medians with their ratio to the run without loggers: the time spent in epochs (what a logger that
+slows training would stretch), the run's duration (summary.json `duration_s`: the loggers' start
+included) and the process wall time (start-up and the end-of-run wait for the logger included). The MLflow store is made before the first round, as after a user's first run.
 
     python benchmarks/loggers.py [--rounds 5] [--epochs 10]
 """
@@ -13,6 +13,7 @@ to the run without loggers. The MLflow store is made before the first round, as 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import socket
@@ -32,8 +33,8 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def run(results: Path, epochs: int, extra: list[str]) -> tuple[float, float, int]:
-    """(training seconds, process wall seconds, warnings on stderr) of one run."""
+def run(results: Path, epochs: int, extra: list[str]) -> tuple[float, float, float, int]:
+    """(seconds in epochs, run seconds, process wall seconds, warnings on stderr) of one run."""
     before = set((results / "runs").iterdir()) if (results / "runs").is_dir() else set()
     env = {**os.environ, "DLEXP_OFFLINE": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t = time.perf_counter()
@@ -44,7 +45,9 @@ def run(results: Path, epochs: int, extra: list[str]) -> tuple[float, float, int
         raise SystemExit(f"run failed ({extra}): {p.stderr}")
     (new,) = set((results / "runs").iterdir()) - before
     summary = json.loads((new / "summary.json").read_text())
-    return summary["duration_s"], wall, sum(line.startswith("warning:") for line in p.stderr.splitlines())
+    with open(new / "metrics.csv", newline="") as f:
+        epochs_s = sum(float(r["value"]) for r in csv.DictReader(f) if r["metric"] == "epoch_s")
+    return epochs_s, summary["duration_s"], wall, sum(line.startswith("warning:") for line in p.stderr.splitlines())
 
 
 def main() -> None:
@@ -66,19 +69,19 @@ def main() -> None:
         warned = {k: 0 for k in variants}
         for r in range(args.rounds):
             for k in list(variants)[:: 1 if r % 2 == 0 else -1]:  # alternate the order: no variant always runs first
-                train_s, wall_s, warnings = run(results, args.epochs, variants[k])
-                times[k].append((train_s, wall_s))
+                *seconds, warnings = run(results, args.epochs, variants[k])
+                times[k].append(seconds)
                 warned[k] += warnings
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
-    base_train = statistics.median(t for t, _ in times["none"])
-    base_wall = statistics.median(w for _, w in times["none"])
+    med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in times.items()}
     print(f"dlexp run, MLP on digits, {args.epochs} epochs, median of {args.rounds} interleaved rounds; load average {load}")
-    print(f"{'loggers':22s} {'train s':>8s} {'/ none':>7s} {'wall s':>8s} {'/ none':>7s} {'warnings/run':>13s}")
-    for k, v in times.items():
-        train = statistics.median(t for t, _ in v)
-        wall = statistics.median(w for _, w in v)
-        print(f"{k:22s} {train:8.2f} {train / base_train:7.2f} {wall:8.2f} {wall / base_wall:7.2f} {warned[k] / args.rounds:13.1f}")
+    print("epochs: the epochs' own time (train/epoch_s); run: summary.json duration_s (+ the loggers' start);"
+          " wall: the whole process")
+    print(f"{'loggers':22s} {'epochs s':>9s} {'/ none':>7s} {'run s':>7s} {'/ none':>7s} {'wall s':>7s} {'/ none':>7s} {'warnings/run':>13s}")
+    for k, (ep, rn, wall) in med.items():
+        b = med["none"]
+        print(f"{k:22s} {ep:9.2f} {ep / b[0]:7.2f} {rn:7.2f} {rn / b[1]:7.2f} {wall:7.2f} {wall / b[2]:7.2f} {warned[k] / args.rounds:13.1f}")
 
 
 if __name__ == "__main__":

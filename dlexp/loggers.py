@@ -220,8 +220,13 @@ class MLflow:
         self.mlflow_run = None
         import mlflow  # noqa: F401  (here, not on the sender's thread: its ~1 s import is part of the start)
 
+        if self.uri.startswith("sqlite:"):
+            # a local store: opening it is CPU work (SQLAlchemy, the schema check) that on the sender's
+            # thread would take the GIL from the training loop; it waits for no network, so do it now
+            self._open()
         self.sender = _Sender(f"mlflow logger of {run_id}", self._failed)
-        self.sender.call(self._open)
+        if self.mlflow_run is None:
+            self.sender.call(self._open)  # a server: its answer (or its retries) must not hold up the run
 
     def _failed(self, error: BaseException) -> None:
         _warn(self.name, error, self.run_id)
