@@ -415,6 +415,9 @@ def validate(cfg) -> None:
         raise ConfigError(f"results_dir: expected a path, got {cfg.results_dir!r}")
     if cfg.name is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", str(cfg.name)):
         raise ConfigError(f"name: use 1-64 letters, digits, '.', '_' or '-', got {cfg.name!r}")
+    from dlexp import loggers
+
+    loggers.check(cfg)  # trainer.loggers: known names, their packages installed (dlexp/loggers.py)
 
 
 def checkpoint_schedule(value: Any) -> tuple[str, float] | None:

@@ -47,6 +47,8 @@ def meta(cfg, device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch_threads": torch.get_num_threads(),
+        # read by OpenMP when torch is imported; dlexp's CLI sets PASSIVE unless the user set it (cli/__init__.py)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "command": sys.argv,
         "seed": int(cfg.seed),
         "amp": cfg.trainer.get("amp", "none"),
@@ -182,10 +184,12 @@ def execute(
     """
     import torch
 
+    from dlexp.loggers import Loggers
     from dlexp.train import summarize, train
 
     from dlexp.claims import HEARTBEAT
 
+    loggers = Loggers(cfg, extra_columns)  # trainer.loggers (TensorBoard, MLflow): see dlexp/loggers.py
     state: dict[str, Any] = {"run_id": None, "path": None, "started": time.perf_counter(), "written": 0}
     extra_columns = extra_columns or {}
     writer = _BackgroundWriter()
@@ -223,6 +227,11 @@ def execute(
         (path / "heartbeat").touch()
         HEARTBEAT.add(path / "heartbeat")
 
+    def start(device) -> str:
+        run_id = on_start(device)
+        loggers.start(run_id, state["path"], resumed=resume)
+        return run_id
+
     def _unbeat() -> None:
         if state["path"] is not None:
             HEARTBEAT.remove(state["path"] / "heartbeat")
@@ -254,6 +263,7 @@ def execute(
 
     def epoch_hook(epoch, records) -> None:
         append_metrics(records)
+        loggers.epoch(epoch, records)
         if on_epoch is not None:
             on_epoch(epoch, records)
 
@@ -269,14 +279,17 @@ def execute(
             **summarize(records),
         }
         writer.join()  # the last checkpoint is on disk before the summary says the run ended
-        write_metrics(records)
-        results.write_json(state["path"] / "summary.json", summary)
+        try:
+            write_metrics(records)
+            results.write_json(state["path"] / "summary.json", summary)
+        finally:
+            loggers.finish(status, reason)  # never raises; gives up on a call stalled for loggers.FINISH_WAIT_S
         _unbeat()
         return summary
 
     try:
         res = train(
-            cfg, splits, on_start=on_start, on_epoch=epoch_hook, progress=progress, resume=resume,
+            cfg, splits, on_start=start, on_epoch=epoch_hook, progress=progress, resume=resume,
             on_checkpoint=on_checkpoint if checkpoints else None,
         )
         writer.join()

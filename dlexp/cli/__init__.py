@@ -5,6 +5,8 @@ Nothing here imports torch at module level: `dlexp --help` and `dlexp list` stay
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from dlexp.cli.check_optimizers import check_optimizers
@@ -23,6 +25,35 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def version_line() -> str:
+    """`dlexp 0.1.0 (torch 2.13.0+cpu)`, from the installed packages' metadata: torch is not imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import dlexp
+
+    try:
+        torch = f"torch {version('torch')}"
+    except PackageNotFoundError:
+        torch = "torch not installed"
+    return f"dlexp {dlexp.__version__} ({torch})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", help="Print dlexp's and torch's versions and exit.",
+                                          callback=_print_version, is_eager=True)] = False,
+) -> None:
+    """Experiment runner for optimizer and regularization studies in PyTorch."""
+
+
 app.command("run", context_settings={"allow_interspersed_args": True})(run)
 app.command("list")(list_choices)
 app.command("kfold", context_settings={"allow_interspersed_args": True})(kfold)
@@ -38,10 +69,19 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+# OpenMP's wait policy for dlexp's processes (benchmarks/omp_wait_policy.py measured it; README "Threads"):
+# PASSIVE threads sleep when out of work instead of spinning, which on a shared or busy machine keeps
+# torch's second thread from burning the core that the first one needs
+OMP_WAIT_POLICY = "PASSIVE"
+
+
 def main() -> None:
+    import os
     import signal
     import sys
 
+    if "torch" not in sys.modules:  # OpenMP reads it once, when torch loads it; a value the user set wins
+        os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)
