@@ -176,7 +176,7 @@ class Cluster:
                 if p.poll() is not None:
                     raise RuntimeError(f"{name} exited with {p.returncode} while starting\n{self.logs()}")
             out = self.run("sinfo", "--noheader", "--Node", "--format=%T", check=False, timeout=10)
-            return out.strip() == "idle"
+            return set(out.split()) == {"idle"}  # the node once per partition
 
         _wait(idle, 60, "the node did not become idle", self)
 
@@ -248,8 +248,12 @@ ReturnToService=2
 MinJobAge=600
 # a cancelled job gets SIGTERM, then SIGKILL 10 s later
 KillWait=10
+# a job of partition `urgent` that needs busy CPUs preempts `debug` jobs, which Slurm requeues
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 {node} State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 """)
     return Cluster(base=base, conf=conf, cpus=int(fields["CPUs"]), memory_mb=int(fields["RealMemory"]))
 

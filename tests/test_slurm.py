@@ -164,6 +164,15 @@ def test_a_slurm_sweep_needs_postgresql_or_a_journal_file(storage, ok):
     assert "SQLite on a network file system is not safe" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_progress_counts_and_an_eta_at_the_pace_so_far():
+    # 4 items settled in 100 s: 25 s each; 6 left -> 150 s
+    p = sl.Progress(total=10, pending=4, running=2, done=3, failed=1, elapsed_s=100)
+    assert p.eta_s == pytest.approx(150) and not p.finished
+    assert p.line() == "3/10 done, 2 running, 4 pending, 1 failed, ETA 2m30s"
+    assert sl.Progress(total=3, pending=1, running=2, elapsed_s=5).eta_s is None  # nothing settled yet
+    assert sl.Progress(total=2, done=1, lost=1).finished
+
+
 def test_the_launcher_file_starts_with_a_one_line_description():
     first = (CONF / "launcher" / "slurm.yaml").read_text().splitlines()[0]
     assert first.startswith("# ") and len(first) > 3
@@ -175,9 +184,39 @@ def test_the_cli_and_the_launcher_module_import_no_submitit():
     assert out.strip() == "False"
 
 
+def test_a_cluster_left_by_a_dead_session_is_cleaned_up_and_a_live_one_is_not(tmp_path):
+    import tempfile
+
+    import slurm_cluster
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Path(tempfile.mkdtemp(prefix=slurm_cluster.PREFIX))
+    alive = Path(tempfile.mkdtemp(prefix=slurm_cluster.PREFIX))
+    (stale / "owner").write_text(f"{dead.pid} 12345\n")
+    (alive / "owner").write_text(f"{os.getpid()} {slurm_cluster._start_time(os.getpid())}\n")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    # a daemon of the dead session (its folder on the command line), a job of it (its SLURM_CONF),
+    # and a process of the live session
+    daemon = subprocess.Popen([*sleeper, str(stale / "slurm.conf")])
+    job = subprocess.Popen(sleeper, env={**os.environ, "SLURM_CONF": str(stale / "slurm.conf")})
+    other = subprocess.Popen(sleeper, env={**os.environ, "SLURM_CONF": str(alive / "slurm.conf")})
+    try:
+        slurm_cluster.reap_stale()
+        assert daemon.wait(timeout=10) == -signal.SIGKILL and job.wait(timeout=10) == -signal.SIGKILL
+        assert not stale.exists()
+        assert other.poll() is None and alive.is_dir()
+    finally:
+        for p in (daemon, job, other):
+            p.kill()
+            p.wait()
+        subprocess.run(["rm", "-rf", str(stale), str(alive)])
+
+
 # --- on the cluster --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_job_array_two_runs_per_job_gives_the_metrics_of_the_same_runs_run_locally(slurm, tmp_path, batches):
     on_slurm, here = tmp_path / "slurm", tmp_path / "local"
     items = [run_args(on_slurm, f"seed={s}") for s in range(4)]
@@ -207,6 +246,7 @@ def test_a_job_array_two_runs_per_job_gives_the_metrics_of_the_same_runs_run_loc
         assert metric_rows(remote[seed]) == metric_rows(reference[seed]), seed
 
 
+@pytest.mark.slow
 def test_a_failing_item_is_failed_and_its_job_goes_on_with_the_next(slurm, tmp_path, batches):
     res = tmp_path / "results"
     items = [run_args(res, "optimizer=nope"), run_args(res)]
@@ -219,6 +259,7 @@ def test_a_failing_item_is_failed_and_its_job_goes_on_with_the_next(slurm, tmp_p
     assert [summary(r)["status"] for r in run_dirs(res)] == ["ok"]
 
 
+@pytest.mark.slow
 def test_scancel_mid_run_leaves_it_interrupted_with_a_checkpoint_and_resume_finishes_it(slurm, tmp_path, batches):
     res = tmp_path / "results"
     items = [run_args(res, *LONG), run_args(res, "seed=1")]  # one job: the second item never starts
@@ -257,8 +298,33 @@ def run_or_resume(argv: list[str]) -> int:
     return sl.run_cli(argv)
 
 
-def test_the_time_limit_warning_interrupts_the_run_and_the_requeued_job_resumes_it(slurm, tmp_path, batches, monkeypatch):
+@pytest.fixture
+def nodes_import_tests(monkeypatch):
+    """The jobs can import item functions from tests/ (as they import an installed package's)."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+
+
+def assert_resumed_once_and_finished(batch: sl.Batch, res: Path, run: Path) -> None:
+    (result,) = batch.wait()
+    assert result.status == "done", (result.status, result.error)
+    assert run_dirs(res) == [run]  # the same run, continued: nothing ran twice
+    s = summary(run)
+    assert s["status"] == "ok" and s["epochs_completed"] == 30
+    resumed = json.loads((run / "meta.json").read_text())["resumed"]
+    assert len(resumed) == 1 and resumed[0]["from_epoch"] >= 1
+
+
+def interrupted_mid_run(res: Path) -> Path:
+    (run,) = run_dirs(res)
+    wait_until(lambda: (run / "summary.json").is_file(), what="the interrupted run's summary")
+    s = summary(run)
+    assert s["status"] == "interrupted" and 1 <= s["epochs_completed"] < 30, "the signal did not land mid-run"
+    assert (run / "checkpoint.pt").is_file()
+    return run
+
+
+@pytest.mark.slow
+def test_the_time_limit_warning_interrupts_the_run_and_the_requeued_job_resumes_it(slurm, tmp_path, batches, nodes_import_tests):
     res = tmp_path / "results"
     batch = sl.submit(run_or_resume, [run_args(res, *LONG)], sl.SlurmOptions(time="10", **FAST), res / "slurm")
     batches.append(batch)
@@ -266,24 +332,32 @@ def test_the_time_limit_warning_interrupts_the_run_and_the_requeued_job_resumes_
     wait_until(lambda: checkpointed(res), what="the first checkpoint")
     # what Slurm sends `signal_delay_s` before the time limit (sbatch --signal=USR2@90)
     slurm.run("scancel", "--signal=USR2", job_id)
-    wait_until(lambda: slurm.states().get(job_id) in ("PENDING", "REQUEUED"), what="the requeue")
-    run = run_dirs(res)[0]
-    s = summary(run)
-    assert s["status"] == "interrupted" and 1 <= s["epochs_completed"] < 30, "the signal did not land mid-run"
+    wait_until(lambda: slurm.states().get(job_id) in sl.WAITING, what="the requeue")
+    run = interrupted_mid_run(res)
     # Slurm holds a requeued job for a while before it may start again; this cluster need not wait
     slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-    (result,) = batch.wait()
-
-    assert result.status == "done", (result.status, result.error)
-    assert len(run_dirs(res)) == 1  # the same run, continued: nothing ran twice
-    s = summary(run)
-    assert s["status"] == "ok" and s["epochs_completed"] == 30
-    resumed = json.loads((run / "meta.json").read_text())["resumed"]
-    assert len(resumed) == 1 and resumed[0]["from_epoch"] >= 1
-    log = batch.log(job_id).read_text()
-    assert "Requeued job" in (batch.job_folder(job_id) / f"{job_id}_0_log.out").read_text() + log
+    assert_resumed_once_and_finished(batch, res, run)
+    assert "Requeued job" in (batch.job_folder(job_id) / f"{job_id}_0_log.out").read_text()  # by submitit
 
 
+@pytest.mark.slow
+def test_a_preempted_job_is_requeued_by_slurm_and_resumes_its_run(slurm, tmp_path, batches, nodes_import_tests):
+    res = tmp_path / "results"
+    batch = sl.submit(run_or_resume, [run_args(res, *LONG)], sl.SlurmOptions(**FAST), res / "slurm")
+    batches.append(batch)
+    (job_id,) = batch.jobs
+    wait_until(lambda: checkpointed(res), what="the first checkpoint")
+    # a job of a higher-priority partition that needs every CPU: Slurm preempts ours (SIGTERM) and requeues it
+    urgent = slurm.run("sbatch", "--parsable", "--partition=urgent", f"--cpus-per-task={slurm.cpus}",
+                       f"--output={tmp_path / 'urgent.out'}", "--wrap", "sleep 1").strip()
+    wait_until(lambda: slurm.states().get(job_id) in sl.WAITING, what="the preemption")
+    run = interrupted_mid_run(res)
+    slurm.wait_for(urgent, ("COMPLETED",))
+    slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")  # no requeue hold, as above
+    assert_resumed_once_and_finished(batch, res, run)
+
+
+@pytest.mark.slow
 def test_a_job_killed_without_a_word_reports_its_items_lost(slurm, tmp_path, batches):
     res = tmp_path / "results"
     items = [run_args(res, *LONG), run_args(res, "seed=1")]
@@ -303,6 +377,7 @@ def test_a_job_killed_without_a_word_reports_its_items_lost(slurm, tmp_path, bat
     assert not (run / "summary.json").exists() and (run / "checkpoint.pt").is_file()  # resumable: dlexp run --resume
 
 
+@pytest.mark.slow
 def test_sweep_workers_sharing_a_journal_file_end_with_exactly_the_trials_asked(slurm, tmp_path, batches):
     import optuna
 
@@ -335,7 +410,7 @@ def test_sweep_workers_refuse_sqlite_before_submitting_anything(slurm, tmp_path)
 def test_what_slurm_refuses_is_a_one_line_error(slurm, tmp_path):
     with pytest.raises(ConfigError) as e:  # checked before submitting: the partition's default time is asked
         sl.submit(sl.run_cli, [["run"]], sl.SlurmOptions(partition="nope"), tmp_path / "a")
-    assert "--partition nope: no such partition; choose one of: debug" in str(e.value)
+    assert "--partition nope: no such partition; choose one of: debug, urgent" in str(e.value)
     with pytest.raises(ConfigError) as e:  # refused by sbatch itself
         sl.submit(sl.run_cli, [["run"]], sl.SlurmOptions(mem=f"{slurm.memory_mb * 4}M"), tmp_path / "b")
     message = str(e.value)
@@ -388,7 +463,7 @@ def test_ctrl_c_while_waiting_without_a_terminal_leaves_the_jobs_running_and_say
 def test_ctrl_c_while_waiting_at_a_terminal_asks_and_yes_cancels_the_jobs(slurm, tmp_path, batches):
     batch = long_batch(tmp_path, batches)
     (job_id,) = batch.jobs
-    slurm.wait_for(job_id, ("RUNNING",))
+    wait_until(lambda: (batch.job_folder(job_id) / "item-0.started").exists(), what="the item to start")
     master, terminal = pty.openpty()
     try:
         waiter = start_waiter(batch.folder, terminal)

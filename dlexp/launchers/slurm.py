@@ -345,6 +345,8 @@ class JobFunction:
             t0 = time.time()
             try:
                 stop["in_item"] = True
+                if stop["signal"] is not None:  # it came while this item was being prepared: do not start it
+                    raise KeyboardInterrupt
                 outcome["value"] = self.fn(item)
                 stop["in_item"] = False
                 outcome["status"] = "interrupted" if stop["signal"] is not None else "done"
@@ -425,10 +427,27 @@ class Progress:
     def finished(self) -> bool:
         return self.pending == 0 and self.running == 0
 
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds until every item is settled at the pace so far (items settled per second since
+        the submission, queue time included); None before the first item settles."""
+        settled = self.total - self.pending - self.running
+        if settled == 0:
+            return None
+        return self.elapsed_s / settled * (self.pending + self.running)
+
     def line(self) -> str:
         parts = [f"{self.done}/{self.total} done", f"{self.running} running"]
         parts += [f"{getattr(self, s)} {s}" for s in ("pending", "failed", "interrupted", "lost") if getattr(self, s)]
+        if self.eta_s is not None and not self.finished:
+            parts.append(f"ETA {_duration(self.eta_s)}")
         return ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -499,15 +518,20 @@ class Batch:
                 if outcome is not None:
                     r.value, r.error = outcome.get("value"), outcome.get("error")
                 started = (folder / f"item-{i}.started").exists()
-                if outcome is not None and (outcome["status"] in ("done", "failed") or ended):
+                if outcome is not None and outcome["status"] in ("done", "failed"):
                     r.status = outcome["status"]
                 elif ended and settled:
-                    crash = self._job_error(job_id)  # Python failed outside the items (import, unpickling)
-                    r.status = "failed" if crash else "lost"
-                    how = "is no longer known to Slurm" if state == "GONE" else f"ended {state}"
-                    r.error = crash or f"job {job_id} {how} before this item finished"
+                    if outcome is not None:
+                        r.status = outcome["status"]  # interrupted
+                    else:
+                        crash = self._job_error(job_id)  # Python failed outside the items (import, unpickling)
+                        how = "is no longer known to Slurm" if state == "GONE" else f"ended {state}"
+                        r.status = "failed" if crash else "lost"
+                        r.error = crash or f"job {job_id} {how} before this item finished"
                 elif started and (state in ACTIVE or ended):
-                    r.status = "running"  # (an ended job's last files may still be on their way)
+                    # an ended job may still be requeued (preemption, node failure), and its last files
+                    # may still be on their way: its items settle `settle_s` after Slurm says it ended
+                    r.status = "running"
                 out.append(r)
         return sorted(out, key=lambda r: r.index)
 
