@@ -99,7 +99,7 @@ def test_options_come_from_the_launcher_file_and_the_command_line_wins(tmp_path)
     assert shipped == sl.SlurmOptions()  # the file and the defaults of the code say the same
     (tmp_path / "launcher").mkdir()
     (tmp_path / "launcher" / "slurm.yaml").write_text(
-        "# my cluster\npartition: gpu\ntime: '4:00:00'\nmem: 16g\ngpus: 1\nsbatch: ['--constraint=a100']\n"
+        "# my cluster\npartition: gpu\ntime: 4:00:00\nmem: 16g\ngpus: 1\nsbatch: ['--constraint=a100']\n"
         "setup: ['module load python/3.11']\nruns_per_job: 4\n")
     mine = sl.load_options(config_dir=tmp_path)
     assert (mine.partition, mine.time, mine.mem, mine.gpus, mine.runs_per_job) == ("gpu", "4:00:00", "16G", 1, 4)

@@ -188,7 +188,11 @@ def load_options(name: str = "slurm", config_dir: str | Path | None = None, **gi
         raise ConfigError(f"--launcher {name}: no launcher/{name}.yaml; choose one of: {', '.join(['local', *files])}")
     path = files[name]
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+        if isinstance(data, dict) and data.get("time") is not None:
+            # as written: YAML 1.1 reads an unquoted 1:30:00 as the base-60 number 5400
+            data["time"] = yaml.load(text, Loader=yaml.BaseLoader)["time"]
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -318,11 +322,10 @@ class JobFunction:
         folder = env.paths.folder
         usr = env._usr_sig()  # submitit's warning signal (USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise)
         requeue = signal.getsignal(usr)  # submitit's handler: checkpoint(), then scontrol requeue
-        stop: dict[str, Any] = {"signal": None, "in_item": False}
+        stop: dict[str, Any] = {"signals": set(), "in_item": False}
 
         def on_signal(signum, frame) -> None:
-            if stop["signal"] is None:
-                stop["signal"] = signum
+            stop["signals"].add(signum)
             if stop["in_item"]:
                 # once: the function gets one KeyboardInterrupt and time to write what it must
                 stop["in_item"] = False
@@ -337,34 +340,37 @@ class JobFunction:
             if old is not None and old["status"] in ("done", "failed"):
                 outcomes.append(old)  # finished before a requeue
                 continue
-            if stop["signal"] is not None:
-                break
+            if stop["signals"]:
+                break  # told to stop: no further item starts
             path.unlink(missing_ok=True)
             _atomic(folder / f"item-{index}.started", f"{env.job_id} {socket.gethostname()} {os.getpid()} {time.time()}\n".encode())
             outcome = {"index": index, "job_id": env.job_id, "host": socket.gethostname(), "value": None, "error": None}
             t0 = time.time()
             try:
                 stop["in_item"] = True
-                if stop["signal"] is not None:  # it came while this item was being prepared: do not start it
+                if stop["signals"]:  # it came while this item was being prepared: do not start it
                     raise KeyboardInterrupt
                 outcome["value"] = self.fn(item)
-                stop["in_item"] = False
-                outcome["status"] = "interrupted" if stop["signal"] is not None else "done"
+                outcome["status"] = "done"
             except KeyboardInterrupt:
-                stop["in_item"] = False
                 outcome["status"] = "interrupted"
             except Exception as e:
-                stop["in_item"] = False
-                outcome["status"] = "interrupted" if stop["signal"] is not None else "failed"
+                outcome["status"] = "failed"
                 outcome["error"] = f"{type(e).__name__}: {e}"
                 print(f"item {index} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            finally:
+                stop["in_item"] = False
+            if stop["signals"]:
+                # a stop signal during the item: whatever the function made of it, the item did not
+                # run undisturbed, and the caller's rerun decides what is left to do
+                outcome["status"] = "interrupted"
             outcome["seconds"] = time.time() - t0
             _write_outcome(path, outcome)
             outcomes.append(outcome)
             if outcome["status"] == "interrupted":
                 break
 
-        if stop["signal"] == usr and callable(requeue):
+        if usr in stop["signals"] and callable(requeue):
             # the requeue cancels this job step with SIGTERM: nothing is left to interrupt
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             requeue(usr, None)  # exits after `scontrol requeue`, or raises once out of requeues
