@@ -248,6 +248,8 @@ ReturnToService=2
 MinJobAge=600
 # a cancelled job gets SIGTERM, then SIGKILL 10 s later
 KillWait=10
+# array task ids 0-9 only (the default allows 1001), so that a too-large array is cheap to try
+MaxArraySize=10
 # a job of partition `urgent` that needs busy CPUs preempts `debug` jobs, which Slurm requeues
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE

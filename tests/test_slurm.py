@@ -416,6 +416,10 @@ def test_what_slurm_refuses_is_a_one_line_error(slurm, tmp_path):
     message = str(e.value)
     assert message.startswith("--launcher slurm: sbatch refused the jobs:") and "\n" not in message
     assert "emory" in message  # sbatch's own reason: "Memory specification can not be satisfied"
+    with pytest.raises(ConfigError) as e:  # more jobs than the cluster's MaxArraySize (10 here)
+        sl.submit(sl.run_cli, [["run"]] * 12, sl.SlurmOptions(), tmp_path / "c")
+    assert "12 jobs; --runs-per-job packs several runs into one" in str(e.value) and "\n" not in str(e.value)
+    assert list((tmp_path / "c").iterdir()) == []  # nothing submitted, nothing left behind
 
 
 # --- Ctrl-C while waiting --------------------------------------------------------------------------

@@ -275,9 +275,10 @@ def _sbatch_parameters(o: SlurmOptions, limit_min: int, jobs: int) -> dict[str, 
     return params
 
 
-def job_states(array_id: str) -> dict[str, str] | None:
+def job_states(array_id: str, wanted: Iterable[str] = ()) -> dict[str, str] | None:
     """job id (`<array>_<task>`, or `<id>` for a batch of one job) -> its Slurm state, for every job
-    squeue (or else sacct) still knows; None when Slurm could not be asked (no news, not "gone")."""
+    squeue still knows, and from sacct for those of `wanted` it forgot; None when Slurm could not
+    be asked (no news, not "gone")."""
     states: dict[str, str] = {}
     res = _slurm("squeue", "--array", "--noheader", "--states=all", "--format=%i|%T", f"--jobs={array_id}")
     if res.returncode == 0:
@@ -287,6 +288,8 @@ def job_states(array_id: str) -> dict[str, str] | None:
                 states[job] = state.upper()
     elif "invalid job id" not in (res.stderr + res.stdout).lower():  # not "forgotten": squeue failed
         return None
+    if set(wanted) <= set(states):
+        return states
     acct = _slurm("sacct", "--allocations", "--noheader", "--parsable2", "--format=JobID,State", f"--jobs={array_id}")
     if acct.returncode == 0:  # fails where there is no accounting database
         for line in acct.stdout.splitlines():
@@ -509,7 +512,7 @@ class Batch:
         """Every item's status now (one squeue call unless `states` is given)."""
         now = time.time()
         if states is None:
-            states = job_states(self.array_id)
+            states = job_states(self.array_id, self.jobs)
         out: list[ItemResult] = []
         for job_id, indices in self.jobs.items():
             state = self._state(job_id, states, now)
@@ -684,11 +687,17 @@ def submit(fn: Callable[[Any], Any], items: Iterable[Any], options: SlurmOptions
     executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=options.max_requeues, python=options.python)
     executor.update_parameters(**_sbatch_parameters(options, limit, len(chunks)))
     job_fn = JobFunction(fn)
+    before = set(folder.iterdir())
     try:
         with executor.batch():
             jobs = [executor.submit(job_fn, [(i, items[i]) for i in chunk]) for chunk in chunks]
     except (FailedJobError, FailedSubmissionError) as e:
+        for path in set(folder.iterdir()) - before:  # the pickles and script of what was refused
+            if path.is_file() or path.is_symlink():
+                path.unlink(missing_ok=True)
         message = " ".join(str(e).split()) or type(e).__name__
+        if "array" in message.lower():  # MaxArraySize (default 1001) and friends
+            message += f" ({len(chunks)} jobs; --runs-per-job packs several runs into one)"
         raise ConfigError(f"--launcher slurm: sbatch refused the jobs: {message}") from None
     ids = [j.job_id for j in jobs]
     batch = Batch(folder=folder, array_id=ids[0].split("_")[0], jobs=dict(zip(ids, chunks)), poll_s=options.poll_s)
