@@ -23,10 +23,12 @@ import time
 from pathlib import Path
 
 import pytest
+import typer
 
 from conftest import CONF, SMALL, run_dirs
 from slurm_cluster import slurm  # noqa: F401  (the fixture)
 
+from dlexp.cli import slurm_options as so
 from dlexp.errors import ConfigError
 from dlexp.launchers import slurm as sl
 
@@ -179,7 +181,7 @@ def test_the_launcher_file_starts_with_a_one_line_description():
 
 
 def test_the_cli_and_the_launcher_module_import_no_submitit():
-    code = "import sys, dlexp.cli, dlexp.launchers.slurm; print('submitit' in sys.modules)"
+    code = "import sys, dlexp.cli, dlexp.cli.slurm_options, dlexp.launchers.slurm; print('submitit' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -483,3 +485,37 @@ def test_ctrl_c_while_waiting_at_a_terminal_asks_and_yes_cancels_the_jobs(slurm,
     slurm.wait_for(job_id, ("CANCELLED",), timeout=30)
     wait_until(lambda: sl._read_outcome(batch.job_folder(job_id) / "item-0.pkl") is not None, what="the item's outcome")
     assert sl._read_outcome(batch.job_folder(job_id) / "item-0.pkl")["status"] == "interrupted"
+
+
+# --- the command-line options the commands will share ----------------------------------------------
+
+
+def test_the_shared_command_line_options_become_slurm_options(tmp_path):
+    from typer.testing import CliRunner
+
+    got = {}
+    app = typer.Typer()
+
+    @app.command()
+    def grid(launcher: so.Launcher = "local", partition: so.Partition = None, time: so.Time = None,
+             cpus_per_task: so.CpusPerTask = None, mem: so.Mem = None, gpus: so.Gpus = None, account: so.Account = None,
+             qos: so.Qos = None, sbatch: so.Sbatch = None, max_parallel: so.MaxParallel = None,
+             runs_per_job: so.RunsPerJob = None, no_wait: so.NoWait = False) -> None:
+        got["options"] = so.slurm_options(launcher, None, partition=partition, time=time, cpus_per_task=cpus_per_task,
+                                          mem=mem, gpus=gpus, account=account, qos=qos, sbatch=sbatch,
+                                          max_parallel=max_parallel, runs_per_job=runs_per_job, no_wait=no_wait)
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["--launcher", "slurm", "--partition", "gpu", "--time", "2:00:00", "--cpus-per-task", "4",
+                            "--mem", "8g", "--gpus", "1", "--account", "proj", "--qos", "high", "--sbatch=--constraint=a100",
+                            "--sbatch=--exclusive", "--max-parallel", "10", "--runs-per-job", "3", "--no-wait"])
+    assert r.exit_code == 0, r.output
+    assert got["options"] == sl.SlurmOptions(partition="gpu", time="2:00:00", cpus_per_task=4, mem="8G", gpus=1, account="proj",
+                                             qos="high", sbatch=("--constraint=a100", "--exclusive"), max_parallel=10,
+                                             runs_per_job=3)
+    r = runner.invoke(app, ["--launcher", "slurm"])
+    assert got["options"] == sl.load_options()  # nothing given: the file's values
+    r = runner.invoke(app, [])
+    assert got["options"] is None  # --launcher local
+    r = runner.invoke(app, ["--partition", "gpu", "--runs-per-job", "2"])
+    assert isinstance(r.exception, ConfigError) and "--partition, --runs-per-job: Slurm options need --launcher slurm" in str(r.exception)
