@@ -261,6 +261,19 @@ def test_a_failing_item_is_failed_and_its_job_goes_on_with_the_next(slurm, tmp_p
     assert [summary(r)["status"] for r in run_dirs(res)] == ["ok"]
 
 
+def test_a_job_that_cannot_import_its_function_fails_its_items_with_the_import_error(slurm, tmp_path, batches, monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the nodes cannot import tests/test_slurm.py
+    res = tmp_path / "results"
+    batch = sl.submit(run_or_resume, [run_args(res), run_args(res, "seed=1")], sl.SlurmOptions(runs_per_job=2, **FAST), res / "slurm")
+    batches.append(batch)
+    batch.settle_s = 1.0
+    results = batch.wait()
+    assert [r.status for r in results] == ["failed", "failed"]
+    assert "ModuleNotFoundError: No module named 'test_slurm'" in results[0].error
+    assert str(batch.log(results[0].job_id)) in results[0].error  # where to read more
+    assert run_dirs(res) == []
+
+
 @pytest.mark.slow
 def test_scancel_mid_run_leaves_it_interrupted_with_a_checkpoint_and_resume_finishes_it(slurm, tmp_path, batches):
     res = tmp_path / "results"
@@ -483,8 +496,9 @@ def test_ctrl_c_while_waiting_at_a_terminal_asks_and_yes_cancels_the_jobs(slurm,
     assert f"cancel the Slurm jobs of array {batch.array_id}? [y/N]" in err
     assert f"cancelled the jobs of array {batch.array_id}" in err
     slurm.wait_for(job_id, ("CANCELLED",), timeout=30)
-    wait_until(lambda: sl._read_outcome(batch.job_folder(job_id) / "item-0.pkl") is not None, what="the item's outcome")
-    assert sl._read_outcome(batch.job_folder(job_id) / "item-0.pkl")["status"] == "interrupted"
+    outcome = batch.job_folder(job_id) / "item-0.json"
+    wait_until(outcome.is_file, what="the item's outcome")
+    assert json.loads(outcome.read_text())["status"] == "interrupted"
 
 
 # --- the command-line options the commands will share ----------------------------------------------

@@ -31,7 +31,8 @@ Files, all under the folder the caller gives (it must be on a file system the no
     <folder>/<array>.json                what was submitted: items of each job, options, when
     <folder>/<array>/<array>_submission.sh   the sbatch script
     <folder>/<array>_<task>/             one folder per job: submitit's log (`*_log.out`, `*_log.err`),
-                                         its pickles, `item-<i>.started` and `item-<i>.pkl` (the outcome)
+                                         submitit's pickles of the function and its items, and
+                                         `item-<i>.started` and `item-<i>.json` (the outcome)
 
 Job states come from `squeue` (and `sacct` once squeue has forgotten a job); a cluster without an
 accounting database works as long as the caller looks within MinJobAge (default 5 min) of the end.
@@ -305,7 +306,7 @@ def job_states(array_id: str, wanted: Iterable[str] = ()) -> dict[str, str] | No
 class JobFunction:
     """What one Slurm job runs: `fn` on each of its (index, item) pairs, one after another.
 
-    Each item's outcome is written to `item-<index>.pkl` in the job's folder as soon as it is known,
+    Each item's outcome is written to `item-<index>.json` in the job's folder as soon as it is known,
     so a job killed later still reports the items it finished, and a requeued job skips them.
     It has submitit's `checkpoint` method, so submitit requeues it after the USR2 warning.
     """
@@ -338,7 +339,7 @@ class JobFunction:
 
         outcomes = []
         for index, item in items:
-            path = folder / f"item-{index}.pkl"
+            path = folder / f"item-{index}.json"
             old = _read_outcome(path)
             if old is not None and old["status"] in ("done", "failed"):
                 outcomes.append(old)  # finished before a requeue
@@ -386,26 +387,33 @@ def _atomic(path: Path, data: bytes) -> None:
     atomic_write(path, data)
 
 
-def _write_outcome(path: Path, outcome: dict[str, Any]) -> None:
-    import cloudpickle
+def _plain(value: Any) -> Any:
+    """numpy scalars and paths as JSON can hold them; anything else is refused (TypeError)."""
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not plain data")
 
+
+def _write_outcome(path: Path, outcome: dict[str, Any]) -> None:
+    # JSON, not a pickle: the caller reads it back without running anything that was written there
     try:
-        data = cloudpickle.dumps(outcome)
-    except Exception as e:  # a value that cannot be pickled: the item is done, its value is not kept
-        outcome = {**outcome, "value": None, "error": f"its value could not be saved: {type(e).__name__}: {e}"}
-        data = cloudpickle.dumps(outcome)
-    _atomic(path, data)
+        text = json.dumps(outcome, default=_plain)
+    except (TypeError, ValueError) as e:  # the item is done; its value is not kept
+        outcome = {**outcome, "value": None, "error": f"its value could not be saved as JSON: {e}"}
+        text = json.dumps(outcome, default=_plain)
+    _atomic(path, (text + "\n").encode())
 
 
 def _read_outcome(path: Path) -> dict[str, Any] | None:
-    import pickle
-
     try:
-        return pickle.loads(path.read_bytes())
+        outcome = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except Exception:  # cut or unreadable: as if the item had not finished
+    except (OSError, ValueError):  # cut or unreadable: as if the item had not finished
         return None
+    return outcome if isinstance(outcome, dict) and outcome.get("status") in STATUSES else None
 
 
 # --- the caller's side -----------------------------------------------------------------------------
@@ -523,7 +531,7 @@ class Batch:
             folder = self.job_folder(job_id)
             for i in indices:
                 r = ItemResult(index=i, status="pending", job_id=job_id, log=self.log(job_id))
-                outcome = _read_outcome(folder / f"item-{i}.pkl")
+                outcome = _read_outcome(folder / f"item-{i}.json")
                 if outcome is not None:
                     r.value, r.error = outcome.get("value"), outcome.get("error")
                 started = (folder / f"item-{i}.started").exists()
@@ -562,18 +570,16 @@ class Batch:
         return None
 
     def _job_error(self, job_id: str) -> str | None:
-        """The error of a job whose Python failed outside the items (submitit's result file)."""
-        path = self.job_folder(job_id) / f"{job_id}_0_result.pkl"
+        """The error of a job whose Python failed outside the items (an import, the unpickling of
+        the function), as its log shows it; None if it did not."""
         try:
-            import pickle
-
-            outcome, value = pickle.loads(path.read_bytes())
-        except Exception:
+            log = self.log(job_id).read_text(errors="replace")
+        except OSError:
             return None
-        if outcome != "error":
+        if "Submitted job triggered an exception" not in log:  # submitit's word for it
             return None
-        last = [x for x in str(value).strip().splitlines() if x.strip()]
-        return (last[-1] if last else "the job failed") + f" (see {self.log(job_id)})"
+        raised = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception)\b.*)$", log, re.MULTILINE)
+        return (raised[-1] if raised else "the job's Python failed before its items ran") + f" (see {self.log(job_id)})"
 
     def progress(self, results: list[ItemResult] | None = None) -> Progress:
         results = self.results() if results is None else results
