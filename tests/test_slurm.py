@@ -2,8 +2,10 @@
 
 The cluster (tests/slurm_cluster.py) runs munged, slurmctld and slurmd on 127.0.0.1; jobs are real
 sbatch job arrays whose steps run dlexp in this checkout's Python. Faults are real: `scancel`,
-the USR2 warning Slurm sends before a time limit (`scancel --signal=USR2`, the very signal), a
-SIGKILL to a job's process, SIGINT to a waiting process with and without a terminal.
+the USR2 warning Slurm sends before a time limit (`scancel --signal=USR2`, the very signal: Slurm's
+own timer sends it up to 30 s late, too slow and uneven for CI), preemption by a job of a
+higher-priority partition, a SIGKILL to a job's process, a node that cannot import the function,
+SIGINT to a waiting process with and without a terminal.
 
 Threads: every job gets OMP_NUM_THREADS from its CPUs (1 here), and the local reference runs set
 OMP_NUM_THREADS=1 too, so "the same metrics" means bit-equal on this one machine.
