@@ -28,7 +28,7 @@ its checkpoint when the caller's function does that).
 
 Files, all under the folder the caller gives (it must be on a file system the nodes share):
 
-    <folder>/<array>.json                what was submitted: items of each job, options, when
+    <folder>/<array>.json                what was submitted: the item indices of each job, when
     <folder>/<array>/<array>_submission.sh   the sbatch script
     <folder>/<array>_<task>/             one folder per job: submitit's log (`*_log.out`, `*_log.err`),
                                          submitit's pickles of the function and its items, and
@@ -47,14 +47,13 @@ import json
 import math
 import os
 import re
-import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -488,7 +487,7 @@ class Batch:
     jobs: dict[str, list[int]]  # job id -> the indices of its items
     submitted_at: float = field(default_factory=time.time)
     poll_s: float = 5.0
-    settle_s: float = 15.0  # a job's outcome files may show up this late on a network file system
+    settle_s: float = 15.0  # an ended job may still be requeued, and its files arrive late on NFS
     _seen: dict[str, str] = field(default_factory=dict)  # the last state squeue gave each job
     _ended_at: dict[str, float] = field(default_factory=dict)
 
