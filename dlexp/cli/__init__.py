@@ -83,22 +83,31 @@ def main() -> None:
     if "torch" not in sys.modules:  # OpenMP reads it once, when torch loads it; a value the user set wins
         os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     signal.signal(signal.SIGTERM, _terminate)
+    sys.exit(invoke())
+
+
+def invoke(argv: list[str] | None = None, prog_name: str | None = None) -> int:
+    """Run the command line (`argv`, default sys.argv[1:]) in this process and return its exit
+    status, with dlexp's one-line usage errors: what `main` exits with, without exiting (a Slurm
+    job runs several commands in one process this way)."""
+    import sys
+
     try:
-        code = app(standalone_mode=False)
+        code = app(args=argv, prog_name=prog_name, standalone_mode=False)
     except Exception as e:
         # Typer's usage errors (a bad option value, an unknown option or command) print as a box of
         # several lines; dlexp's convention is one line and exit 2. (Typer vendors click, so its
         # exception classes are matched by their interface rather than imported.)
         if type(e).__name__ == "Abort":
-            sys.exit(130)
+            return 130
         if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
             raise
         ctx = getattr(e, "ctx", None)
         if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
             print(ctx.get_help())
-            sys.exit(0)
+            return 0
         where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
         message = " ".join(e.format_message().split())
         print(f"error: {message}{where}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+        return e.exit_code
+    return code if isinstance(code, int) else 0
