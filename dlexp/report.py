@@ -36,7 +36,7 @@ NOISE_KEYS = frozenset({
 })
 SUMMARY_FIELDS = frozenset({"run_id", "status", "reason", "duration_s", "epochs_completed", "steps"})
 LOWER_IS_BETTER = ("loss", "rmse", "log_rmse", "mse", "mae", "error", "err")
-PLOT_KINDS = ("curves", "lr", "sensitivity", "final")
+PLOT_KINDS = ("curves", "lr", "sensitivity", "final", "trajectory")
 N_BOOTSTRAP = 10_000
 MIN_WILCOXON_PAIRS = 6
 
@@ -828,6 +828,13 @@ def make_plots(kinds: Sequence[str], runs, metrics, by: Sequence[str], metric: s
                 notes.append("sensitivity plot skipped: optimizer.lr takes a single value")
         elif kind == "final":
             figs.append((plot_name("final", metric), plot_final(summary, metric, at=at)))
+        elif kind == "trajectory":  # 2-D objectives: contour lines and paths (dlexp/trajectory.py)
+            from dlexp import trajectory
+
+            # every run's path is drawn: a diverging one is what d2l's eta = 0.6 figure shows
+            more_figs, more_notes = trajectory.figures(runs, metrics, by)
+            figs += more_figs
+            notes += more_notes
     return figs, notes
 
 

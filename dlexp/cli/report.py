@@ -22,7 +22,7 @@ def report(
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="KEY=VALUE naming the baseline group, e.g. optimizer=sgd: paired t-test per group over shared seeds, Holm-corrected (Wilcoxon too from 6 pairs).")] = None,
     ci: Annotated[str, typer.Option("--ci", help="95% CI of group means: t (Student t) or bootstrap (seeded percentile bootstrap).")] = "t",
     target: Annotated[Optional[str], typer.Option("--target", help="SPLIT/METRIC=VALUE, e.g. val/acc=0.85: epochs and seconds until first reached (a miss counts as infinite).")] = None,
-    plots: Annotated[Optional[str], typer.Option("--plots", help="Comma-separated: curves, lr, sensitivity, final, or all. PNG and SVG go to --out (default report/).")] = None,
+    plots: Annotated[Optional[str], typer.Option("--plots", help="Comma-separated: curves, lr, sensitivity, final, trajectory (paths over the contours of a 2-D objective), or all. PNG and SVG go to --out (default report/).")] = None,
     out_dir: Annotated[Optional[str], typer.Option("--out", help="Folder for the table file and the plots (default for plots: report/).")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="Table format: md, csv, latex or json; to --out/report.<ext>, or stdout without --out.")] = None,
     html: Annotated[Optional[str], typer.Option("--html", help="Write one self-contained HTML page (tables + every plot embedded) to this file.")] = None,
