@@ -53,7 +53,7 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 def softmax(sample_shape, num_outputs, cfg) -> nn.Module:
-    """Softmax regression (d2l 4.4): one linear layer; the softmax lives in the cross-entropy loss."""
+    """Softmax regression (d2l 4.5): one linear layer; the softmax lives in the cross-entropy loss."""
     return nn.Sequential(nn.Flatten(), nn.Linear(_numel(sample_shape), num_outputs))
 
 
