@@ -99,25 +99,39 @@ def dlexp_epoch(splits, seed: int) -> float:
     return next(r["value"] for r in res.records if r["metric"] == "epoch_s")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=7)
-    args = ap.parse_args()
+def measure(repeats: int) -> tuple[dict[str, list[float]], str]:
+    """Seconds per epoch of each loop over `repeats` interleaved rounds, and where the rows came from."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _measure(repeats)
+    finally:
+        torch.set_num_threads(threads)  # run_all's other measurements keep their threads
+
+
+def _measure(repeats: int) -> tuple[dict[str, list[float]], str]:
     splits, source = airfoil()
     x, y = splits.train
     loops = {"bare": lambda s: bare_epoch(x, y, s), "d2l": lambda s: d2l_epoch(x, y, s), "dlexp": lambda s: dlexp_epoch(splits, s)}
     for f in loops.values():  # warm-up: first calls pay for lazy imports and allocator growth
         f(0)
     times = {k: [] for k in loops}
-    for r in range(args.repeats):
+    for r in range(repeats):
         order = list(loops) if r % 2 == 0 else list(reversed(loops))
         for k in order:
             times[k].append(loops[k](r))
+    return times, source
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    times, source = measure(args.repeats)
     us = {k: statistics.median(v) / N * 1e6 for k, v in times.items()}
     print(f"per-step time at batch 1 ({source} rows, {N} steps an epoch, median of {args.repeats} interleaved epochs, 1 thread;"
           f" load average {open('/proc/loadavg').read().split()[0] if os.path.exists('/proc/loadavg') else '?'})")
-    for k in loops:
+    for k in times:
         print(f"  {k:6s} {us[k]:7.1f} us/step  {statistics.median(times[k]):.3f} s/epoch  (min {min(times[k]):.3f})")
     print(f"  dlexp / bare = {us['dlexp'] / us['bare']:.3f}   dlexp / d2l = {us['dlexp'] / us['d2l']:.3f}")
 

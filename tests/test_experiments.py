@@ -118,3 +118,16 @@ def test_weight_decay_reproduces_the_books_weight_norms(weight_decay, low, high,
     result = train(cfg, load_splits(cfg.dataset))
     norm = float(result.model[1].weight.detach().norm())
     assert low < norm < high
+
+
+def test_dlexp_list_and_the_readme_give_each_book_experiment_the_same_section():
+    # `dlexp list` shows each file's first comment line; the README's book tables name the section of
+    # the same edition (d2l 1.0): the two must agree (d2l_softmax was 4.4 in one and 4.5 in the other)
+    import re
+
+    readme = (CONF.parent / "README.md").read_text()
+    rows = re.findall(r"^\| `(?:experiment=)?(d2l_[a-z0-9_]+)[^|]*\| (\d+\.\d+) \|", readme, flags=re.M)
+    assert len({name for name, _ in rows}) >= 10
+    for name, section in rows:
+        description = (CONF / "experiment" / f"{name}.yaml").read_text().splitlines()[1]
+        assert re.match(rf"# d2l {re.escape(section)}\b", description), (name, section, description)
