@@ -134,12 +134,12 @@ def _print_summary(cfg, run_id: str, summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     final = summary["final"]
-    metrics = [m for m in ("loss", "acc", "rmse", "log_rmse") if any(k.endswith("/" + m) for k in final)]
+    metrics = [m for m in ("loss", "acc", "rmse", "log_rmse", "x1", "x2") if any(k.endswith("/" + m) for k in final)]
     table = Table(title=f"run {run_id}: {cfg.model.name} / {cfg.dataset.name} / {cfg.optimizer.name} ({summary['status']})")
     table.add_column("split")
     for m in metrics:
         table.add_column(m, justify="right")
-    for split in ("train", "val", "test"):
+    for split in ("train", "train_eval", "val", "test"):
         if any(k.startswith(split + "/") for k in final):
             table.add_row(split, *(f"{final[f'{split}/{m}']:.4f}" if f"{split}/{m}" in final else "" for m in metrics))
     out.print(table)
