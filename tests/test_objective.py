@@ -191,3 +191,11 @@ def test_a_model_other_than_the_point_is_refused_by_the_loader_too(make_cfg):
     cfg = OmegaConf.merge(cfg, {"model": {"name": "point", "init": [0.0]}})
     with pytest.raises(ConfigError, match="model.init"):
         train(cfg, splits)
+
+
+def test_a_sweep_on_an_objective_minimizes_f_at_the_point_reached(cli, results_dir):
+    # an objective has no validation split: the sweep's default score is train/loss, minimized
+    res = cli("sweep", "sweep=lr_wd", *OBJECTIVE, "dataset.function=quadratic", "trainer.epochs=10", "trainer.device=cpu",
+              "--trials", "3", "--sampler", "random", f"results_dir={results_dir}")
+    assert res.exit_code == 0, res.output
+    assert "train/loss" in res.output and "complete 3" in res.output
