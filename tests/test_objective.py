@@ -193,6 +193,7 @@ def test_a_model_other_than_the_point_is_refused_by_the_loader_too(make_cfg):
         train(cfg, splits)
 
 
+@pytest.mark.slow
 def test_a_sweep_on_an_objective_minimizes_f_at_the_point_reached(cli, results_dir):
     # an objective has no validation split: the sweep's default score is train/loss, minimized
     res = cli("sweep", "sweep=lr_wd", *OBJECTIVE, "dataset.function=quadratic", "trainer.epochs=10", "trainer.device=cpu",
