@@ -60,6 +60,20 @@ def bench_train_loop(repeats: int) -> list[dict]:
     ]
 
 
+def bench_step_overhead(repeats: int) -> list[dict]:
+    import step_overhead as so
+
+    rounds = 2 * repeats + 1
+    t, source = so.measure(rounds)
+    r = {ref: statistics.median(a / b for a, b in zip(t["dlexp"], t[ref])) for ref in ("bare", "d2l")}
+    us = statistics.median(t["dlexp"]) / so.N * 1e6
+    return [
+        row("dlexp step / bare loop step at batch 1 (airfoil SGD)", r["bare"], "<= 1.05", r["bare"] <= 1.05,
+            f"{us:.0f} us/step, {rounds} epochs of {so.N} steps, {source} rows, 1 thread"),
+        row("dlexp step / d2l train_ch11 step at batch 1", r["d2l"], None, None, "DataLoader + in-place p -= lr * grad"),
+    ]
+
+
 def bench_optim_step(reps: int) -> list[dict]:
     import optim_step as os_
 
@@ -175,6 +189,7 @@ def bench_study(repeats: int) -> list[dict]:
 BENCHES = {
     "train_loop": bench_train_loop,
     "optim_step": lambda r: bench_optim_step(100 * r + 100),
+    "step_overhead": bench_step_overhead,
     "cli": bench_cli,
     "kfold": bench_kfold,
     "sweep": bench_sweep,

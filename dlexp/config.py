@@ -400,8 +400,16 @@ def validate(cfg) -> None:
             raise ConfigError(f"model.dropout: has {len(rates)} rates but model.hidden has {len(hidden)} layers")
     if "activation" in cfg.model and cfg.model.name == "lenet":
         _one_of(cfg, "model.activation", ("relu", "sigmoid", "tanh"))
-    if "init" in cfg.model:
+    if "init" in cfg.model and cfg.model.name != "point":  # a point's init is its starting point
         _one_of(cfg, "model.init", ("default", "normal", "xavier"))
+    if (cfg.dataset.name == "objective") != (cfg.model.name == "point"):
+        # an objective is minimized over a point; a point has nothing to fit on samples
+        raise ConfigError(f"model={cfg.model.name}: dataset=objective and model=point go together "
+                          f"(got dataset={cfg.dataset.name})")
+    if "eval_every" in cfg.trainer and _number(cfg, "trainer.eval_every", integer=True) < 0:
+        raise ConfigError(f"trainer.eval_every: must be >= 0 (examples; 0 = off), got {cfg.trainer.eval_every}")
+    if "loss" in cfg.trainer:
+        _one_of(cfg, "trainer.loss", ("auto", "mse", "half_mse"))
     if "init_std" in cfg.model and _number(cfg, "model.init_std") < 0:
         raise ConfigError(f"model.init_std: must be >= 0, got {cfg.model.init_std}")
     for key in ("val_fraction", "test_fraction"):

@@ -1,4 +1,5 @@
-"""Models of the d2l chapters: softmax regression, linear regression, MLP with per-layer dropout, LeNet.
+"""Models of the d2l chapters: softmax regression, linear regression, MLP with per-layer dropout, LeNet,
+and the point of a 2-D objective (d2l 12.3-12.8).
 
 Input and output sizes come from the data (`Splits.sample_shape`, `Splits.num_outputs`);
 `build_model(model_cfg, sample_shape, num_outputs)` is the registry entry point.
@@ -52,7 +53,7 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 def softmax(sample_shape, num_outputs, cfg) -> nn.Module:
-    """Softmax regression (d2l 4.4): one linear layer; the softmax lives in the cross-entropy loss."""
+    """Softmax regression (d2l 4.5): one linear layer; the softmax lives in the cross-entropy loss."""
     return nn.Sequential(nn.Flatten(), nn.Linear(_numel(sample_shape), num_outputs))
 
 
@@ -114,7 +115,37 @@ def lenet(sample_shape, num_outputs, cfg) -> nn.Module:
     )
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"softmax": softmax, "linear": linear, "mlp": mlp, "lenet": lenet}
+class Point(nn.Module):
+    """The variable x of an objective f(x) as the model's one parameter; its output is x itself.
+
+    x is a (1, d) weight, so weight decay applies to it as to any weight (lambda/2 ||x||^2 added to f).
+    """
+
+    def __init__(self, init: Sequence[float]):
+        super().__init__()
+        self.x = nn.Parameter(torch.tensor([list(init)], dtype=torch.float32))  # (1, d)
+
+    def forward(self, samples: torch.Tensor) -> torch.Tensor:
+        return self.x.expand(samples.shape[0], -1)  # (batch, d): the same point for each (empty) sample
+
+
+def point(sample_shape, num_outputs, cfg) -> nn.Module:
+    """The point of `dataset=objective`, started at `model.init` (d2l's [-5, -2])."""
+    if tuple(sample_shape) != (0,):
+        raise ConfigError("model=point: is the variable of an objective; use it with dataset=objective")
+    init = cfg.get("init")
+    if isinstance(init, (str, bytes)) or not hasattr(init, "__len__") or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in init
+    ):
+        raise ConfigError(f"model.init: expected the starting point as a list of numbers such as [-5, -2], got {init!r}")
+    if len(init) != num_outputs:
+        raise ConfigError(f"model.init: has {len(init)} coordinates but the objective takes {num_outputs}")
+    return Point([float(v) for v in init])
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "softmax": softmax, "linear": linear, "mlp": mlp, "lenet": lenet, "point": point,
+}
 
 
 def init_weights(model: nn.Module, init: str, std: float) -> None:
@@ -138,5 +169,6 @@ def build_model(model_cfg, sample_shape: Sequence[int], num_outputs: int) -> nn.
     if name not in MODELS:
         raise ConfigError(f"model.name: unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     model = MODELS[name](tuple(sample_shape), num_outputs, model_cfg)
-    init_weights(model, model_cfg.get("init", "default"), float(model_cfg.get("init_std", 0.01)))
+    if name != "point":  # a point's `init` is where it starts, not a scheme
+        init_weights(model, model_cfg.get("init", "default"), float(model_cfg.get("init_std", 0.01)))
     return model

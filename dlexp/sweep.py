@@ -504,8 +504,10 @@ def make_pruner(name: str, cv: int | None):
 
 def metric_choices(task: str, positive_target: bool, cv: bool = False) -> tuple[str, str, dict[str, str]]:
     """(default metric, its direction, {metric: direction} of all that can be optimized)."""
-    from dlexp.data import CLASSIFICATION
+    from dlexp.data import CLASSIFICATION, OBJECTIVE
 
+    if task == OBJECTIVE:  # a 2-D objective has no samples to hold out: f at the point reached is the score
+        return "train/loss", "minimize", {"train/loss": "minimize"}
     if task == CLASSIFICATION:
         names, default = ("loss", "acc"), "acc"
     else:

@@ -4,7 +4,13 @@ Conventions (said once, here):
 - A *step* is one optimizer update; `step` counts updates completed, starting at 0.
 - `train/*` metrics are averages over the epoch's minibatches, taken while training (d2l's
   `train_epoch_ch3` convention: train mode, dropout on, the parameters moving). `val/*` and `test/*`
-  are evaluated in eval mode after the epoch.
+  are evaluated in eval mode after the epoch. An objective (one update an epoch) is the exception:
+  its `train/*` is f and the coordinates at the point the update reached, and epoch 0 is the start.
+- `train_eval/*` (with `trainer.eval_every=N`): the whole training set evaluated in eval mode at the
+  current weights, before the first update (epoch 0) and each time the examples seen pass a multiple
+  of N (d2l 12.5's `evaluate_loss` every 200 examples); their `epoch` is the epoch in progress.
+- Every row carries `examples`, the training examples seen so far, and `time_s`, the seconds since
+  the start (evaluations included).
 - Loss values are accumulated on the device and read once per epoch: no host synchronisation per step.
 - The lr recorded for an epoch is the one its last update used.
 """
@@ -23,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlexp.data import CLASSIFICATION, Splits
 from dlexp.config import checkpoint_schedule
+from dlexp.data import CLASSIFICATION, OBJECTIVE, REGRESSION, Splits
 from dlexp.errors import ConfigError
 from dlexp.models import build_model
 from dlexp.optim import OPTIMIZERS
@@ -124,23 +130,47 @@ def check_buildable(cfg, splits: Splits) -> None:
     refuses (momentum=-1, warmup longer than the run, LeNet on tabular data) is a ConfigError before
     a grid or a K-fold study starts, not after its first points have run."""
     build(cfg, splits, torch.device("cpu"))
+    make_loss(cfg.trainer.get("loss", "auto"), splits)
+
+
+def half_mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d2l's `squared_loss`, (y_hat - y)^2 / 2, averaged: its gradient is half of MSE's."""
+    return nn.functional.mse_loss(out, y) / 2
+
+
+def make_loss(name: str, splits: Splits) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`trainer.loss`: auto is the data set's own loss (an objective's f), else cross-entropy for
+    classes and MSE for regression; mse and half_mse choose a regression loss."""
+    if name == "auto":
+        if splits.loss is not None:
+            return splits.loss
+        return nn.CrossEntropyLoss() if splits.task == CLASSIFICATION else nn.MSELoss()
+    if splits.task != REGRESSION:
+        raise ConfigError(f"trainer.loss: {name} is a regression loss; this data set's task is {splits.task} (use auto)")
+    return half_mse if name == "half_mse" else nn.MSELoss()
 
 
 class _Accumulator:
-    """Per-split sums kept on the device: loss, correct predictions, squared log errors."""
+    """Per-split sums kept on the device: loss, correct predictions, squared log errors, the point
+    (objectives). `mse_per_loss` turns the loss into the MSE for rmse (2 for half_mse)."""
 
-    def __init__(self, device: torch.device, task: str, positive_target: bool):
-        self.task, self.positive_target = task, positive_target
+    def __init__(self, device: torch.device, task: str, positive_target: bool, mse_per_loss: float = 1.0):
+        self.task, self.positive_target, self.mse_per_loss = task, positive_target, mse_per_loss
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
         self.correct = torch.zeros((), dtype=torch.float64, device=device)
         self.sq_log = torch.zeros((), dtype=torch.float64, device=device)
+        self.point = torch.zeros(0, dtype=torch.float64, device=device)  # (d,) sum of the outputs
         self.n = 0
 
     def add(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
         n = y.shape[0]
-        self.loss += loss.detach() * n
+        self.loss.add_(loss.detach(), alpha=n)  # one kernel, not two: batch-1 SGD feels each
         if self.task == CLASSIFICATION:
             self.correct += (out.detach().argmax(dim=1) == y).sum()
+        elif self.task == OBJECTIVE:
+            # the model's output is the point (the same row n times)
+            total = out.detach().sum(dim=0).double()  # (d,)
+            self.point = self.point + total if self.point.numel() else total
         elif self.positive_target:
             # d2l's log_rmse: predictions below 1 are clipped to 1 before the log
             pred = torch.clamp(out.detach(), min=1.0)
@@ -148,30 +178,52 @@ class _Accumulator:
         self.n += n
 
     def values(self) -> dict[str, float]:
-        loss, correct, sq_log = torch.stack([self.loss, self.correct, self.sq_log]).tolist()  # one sync
+        loss, correct, sq_log, *point = torch.cat([torch.stack([self.loss, self.correct, self.sq_log]), self.point]).tolist()  # one sync
         n = max(self.n, 1)
         out = {"loss": loss / n}
         if self.task == CLASSIFICATION:
             out["acc"] = correct / n
+        elif self.task == OBJECTIVE:
+            out.update({f"x{i + 1}": v / n for i, v in enumerate(point)})
         else:
-            out["rmse"] = math.sqrt(loss / n) if loss >= 0 else float("nan")
+            mse = self.mse_per_loss * loss / n
+            out["rmse"] = math.sqrt(mse) if mse >= 0 else float("nan")
             if self.positive_target:
                 out["log_rmse"] = math.sqrt(sq_log / n)
         return out
 
 
 @torch.no_grad()
-def evaluate(model, x, y, loss_fn, batch_size, task, positive_target, forward=None, autocast=contextlib.nullcontext) -> dict[str, float]:
+def evaluate(model, x, y, loss_fn, batch_size, task, positive_target, forward=None, autocast=contextlib.nullcontext,
+             mse_per_loss: float = 1.0) -> dict[str, float]:
     """Metrics of `model` on (x, y) in eval mode; `forward` is the (possibly compiled) model to call."""
     model.eval()
     forward = forward or model
-    acc = _Accumulator(x.device, task, positive_target)
+    acc = _Accumulator(x.device, task, positive_target, mse_per_loss)
     for i in range(0, x.shape[0], batch_size):
         with autocast():
             out = forward(x[i : i + batch_size])
         out = out.float()
         acc.add(out, y[i : i + batch_size], loss_fn(out, y[i : i + batch_size]))
     return acc.values()
+
+
+GATHER_ROWS = 4096  # rows gathered at once by `batches`: bounds the extra memory to one such block
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, batch_size: int):
+    """The minibatches (x[idx], y[idx]) for consecutive `batch_size` slices idx of `perm`.
+
+    Rows are gathered a block of whole batches at a time and the batches are views of the block:
+    one index operation per block rather than per batch (at batch size 1, two gathers cost ~20 us of
+    a ~600 us step on a CPU). The batches are the same as gathering each one alone.
+    """
+    block = batch_size * max(1, GATHER_ROWS // batch_size)
+    for start in range(0, perm.shape[0], block):
+        idx = perm[start : start + block]
+        xs, ys = x[idx], y[idx]
+        for i in range(0, idx.shape[0], batch_size):
+            yield xs[i : i + batch_size], ys[i : i + batch_size]
 
 
 def mixed_precision(amp: str, device: torch.device) -> Callable[[], Any]:
@@ -213,8 +265,9 @@ def train(
     # torch.compile wraps the module; `model` stays the plain one (its state_dict has no prefixes)
     forward = torch.compile(model) if cfg.trainer.get("compile", False) else model
 
-    classification = splits.task == CLASSIFICATION
-    loss_fn = nn.CrossEntropyLoss() if classification else nn.MSELoss()
+    loss_name = cfg.trainer.get("loss", "auto")
+    loss_fn = make_loss(loss_name, splits)
+    mse_per_loss = 2.0 if loss_name == "half_mse" else 1.0
     x_train, y_train = (t.to(device) for t in splits.train)  # moved once; batches are index slices
     # an empty split (test_fraction=0, val_fraction=0) has no metrics, rather than zeros
     evals = {name: tuple(t.to(device) for t in pair) for name, pair in (("val", splits.val), ("test", splits.test))
@@ -224,6 +277,15 @@ def train(
     unit = cfg.schedule.unit
     base_lr = float(opt_cfg.lr)
     shuffle = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    eval_every = int(cfg.trainer.get("eval_every", 0))
+
+    def measure(x, y) -> dict[str, float]:
+        return evaluate(model, x, y, loss_fn, int(cfg.trainer.eval_batch_size), splits.task, splits.positive_target,
+                        forward, autocast, mse_per_loss)
+
+    def rows(values, epoch, step, examples, now) -> list[dict[str, Any]]:
+        return [dict(run_id=run_id, epoch=epoch, step=step, examples=examples, split=split, metric=metric, value=value,
+                     time_s=now - start) for split, metrics in values.items() for metric, value in metrics.items()]
 
     if on_start is not None:
         run_id = on_start(device)
@@ -240,32 +302,40 @@ def train(
     last_checkpoint = time.perf_counter()
     task = progress.add_task("epochs", total=epochs, completed=first_epoch - 1) if progress is not None else None
     lr = base_lr
+    examples = (first_epoch - 1) * n  # training examples seen so far: every epoch sees each once
+    if first_epoch == 1:
+        # epoch 0, before the first update: where an objective's path starts, the loss before training
+        start_values = {"train": measure(x_train, y_train)} if splits.task == OBJECTIVE else {}
+        if eval_every:
+            start_values["train_eval"] = measure(x_train, y_train)
+        records.extend(rows(start_values, 0, 0, 0, time.perf_counter()))
     try:
         for epoch in range(first_epoch, epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
-            running = _Accumulator(device, splits.task, splits.positive_target)
+            running = _Accumulator(device, splits.task, splits.positive_target, mse_per_loss)
+            in_epoch: list[dict[str, Any]] = []  # the train_eval rows, kept with the epoch's own
             if unit == "epoch":
                 lr = schedule(epoch - 1)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
             perm = torch.randperm(n, device=device, generator=shuffle)
-            for i in range(0, n, batch_size):
+            for xb, yb in batches(x_train, y_train, perm, batch_size):
                 if unit == "step":
                     lr = schedule(step)
                     for g in optimizer.param_groups:
                         g["lr"] = lr
-                idx = perm[i : i + batch_size]
-                xb, yb = x_train[idx], y_train[idx]
                 with autocast():
                     out = forward(xb)
                 out = out.float()  # losses and metrics in float32, also under bf16 autocast
                 loss = loss_fn(out, yb)
                 objective = loss
                 if wd_mode == "loss" and wd > 0:
-                    # d2l 4.5: lambda/2 * ||w||^2 added to the loss (its gradient is lambda * w)
+                    # d2l 3.7: lambda/2 * ||w||^2 added to the loss (its gradient is lambda * w)
                     objective = loss + wd / 2 * sum((p * p).sum() for p in decay_params)
-                optimizer.zero_grad(set_to_none=True)
+                # the optimizer's parameters are the model's: the module's zero_grad clears the same grads
+                # without the profiler range torch.optim's wraps around it (~25 us of a batch-1 step)
+                model.zero_grad(set_to_none=True)
                 objective.backward()
                 if wd_mode == "decoupled" and wd > 0:
                     # AdamW-style: w <- w - lr * lambda * w, before the update, outside the gradient
@@ -274,18 +344,20 @@ def train(
                 optimizer.step()
                 step += 1
                 running.add(out, yb, loss)
-            values = {"train": running.values()}
+                seen = examples + xb.shape[0]
+                if eval_every and seen // eval_every > examples // eval_every:  # passed a multiple of eval_every
+                    in_epoch += rows({"train_eval": measure(x_train, y_train)}, epoch, step, seen, time.perf_counter())
+                    model.train()
+                examples = seen
+            # an objective takes one step an epoch: record f and the point reached, as d2l's train_2d does,
+            # rather than the value at the point where the gradient was taken
+            values = {"train": measure(x_train, y_train) if splits.task == OBJECTIVE else running.values()}
             for name, (x, y) in evals.items():
-                values[name] = evaluate(
-                    model, x, y, loss_fn, int(cfg.trainer.eval_batch_size), splits.task, splits.positive_target, forward, autocast
-                )
+                values[name] = measure(x, y)
             now = time.perf_counter()
-            elapsed = now - start
-            new = [dict(run_id=run_id, epoch=epoch, step=step, split=split, metric=metric, value=value, time_s=elapsed)
-                   for split, metrics in values.items() for metric, value in metrics.items()]
-            new.append(dict(run_id=run_id, epoch=epoch, step=step, split="train", metric="lr", value=lr, time_s=elapsed))
-            new.append(dict(run_id=run_id, epoch=epoch, step=step, split="train", metric="epoch_s", value=now - epoch_start, time_s=elapsed))
-            records.extend(new)  # one call: a Ctrl-C lands before or after it, never inside an epoch's rows
+            lr_and_time = {"train": {"lr": lr, "epoch_s": now - epoch_start}}
+            # one call: a Ctrl-C lands before or after it, never inside an epoch's rows
+            records.extend(in_epoch + rows(values, epoch, step, examples, now) + rows(lr_and_time, epoch, step, examples, now))
             if progress is not None:
                 shown = ", ".join(f"{s}/{m} {v:.4g}" for s, ms in values.items() for m, v in ms.items() if m in ("loss", "acc"))
                 progress.update(task, advance=1, description=f"epoch {epoch}/{epochs}: {shown}")

@@ -40,7 +40,7 @@ def test_single_run_writes_the_five_files_with_a_tidy_metrics_table(cli, results
     with open(run / "metrics.csv", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert reader.fieldnames == METRIC_COLUMNS
+    assert reader.fieldnames == [*METRIC_COLUMNS, "examples"]  # examples seen, on every row (dlexp/train.py)
     assert rows and {r["run_id"] for r in rows} == {run.name}
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     s = summary(run)

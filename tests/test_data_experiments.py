@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data folder
 
 # experiment -> (model, hidden, dropout, activation, lr); all: Fashion-MNIST, SGD, batch 256, 10 epochs
 D2L = {
-    "d2l_softmax": ("softmax", None, None, None, 0.1),  # d2l 4.4
+    "d2l_softmax": ("softmax", None, None, None, 0.1),  # d2l 4.5
     "d2l_mlp": ("mlp", [256], 0.0, "relu", 0.1),  # d2l 5.2
     "d2l_dropout": ("mlp", [256, 256], [0.2, 0.5], "relu", 0.5),  # d2l 5.6
     "d2l_lenet": ("lenet", None, None, "sigmoid", 0.9),  # d2l 7.6

@@ -57,7 +57,7 @@ def test_summary_final_and_best_agree_with_the_metrics_table(two_runs, results_d
 
 def test_load_metrics_concatenates_the_tidy_tables_of_every_run(two_runs, results_dir):
     metrics = results.load_metrics(results_dir)
-    assert list(metrics.columns) == METRIC_COLUMNS
+    assert list(metrics.columns) == [*METRIC_COLUMNS, "examples"]  # examples seen, on every row (dlexp/train.py)
     per_run = [pd.read_csv(results_dir / "runs" / run_id / "metrics.csv") for run_id, _ in two_runs]
     assert len(metrics) == sum(len(m) for m in per_run)
     assert set(metrics.run_id) == {run_id for run_id, _ in two_runs}

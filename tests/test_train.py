@@ -48,7 +48,7 @@ def test_loss_goes_down_on_digits(make_cfg):
 def test_records_are_tidy_rows_with_lr_and_epoch_time_per_epoch(make_cfg):
     result = run(make_cfg("trainer.epochs=3"))
     assert result.status == "ok" and result.epochs_completed == 3
-    assert all(set(r) == {"run_id", "epoch", "step", "split", "metric", "value", "time_s"} for r in result.records)
+    assert all(set(r) == {"run_id", "epoch", "step", "examples", "split", "metric", "value", "time_s"} for r in result.records)
     for metric in ("lr", "epoch_s"):
         rows = [r for r in result.records if r["metric"] == metric]
         assert [r["epoch"] for r in rows] == [1, 2, 3], metric
@@ -58,6 +58,8 @@ def test_records_are_tidy_rows_with_lr_and_epoch_time_per_epoch(make_cfg):
     per_epoch = math.ceil(n_train / 512)
     steps = sorted({(r["epoch"], r["step"]) for r in result.records})
     assert steps == [(e, e * per_epoch) for e in (1, 2, 3)] and result.steps == 3 * per_epoch
+    # examples counts the training rows seen: every epoch sees each row once
+    assert sorted({(r["epoch"], r["examples"]) for r in result.records}) == [(e, e * n_train) for e in (1, 2, 3)]
 
 
 @pytest.mark.parametrize("deterministic", [True, False])

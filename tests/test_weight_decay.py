@@ -1,4 +1,4 @@
-"""Weight decay (d2l 4.5) and its three named modes in dlexp/train.py.
+"""Weight decay (d2l 3.7) and its three named modes in dlexp/train.py.
 
     coupled    torch's meaning: lambda * w added to the gradient (inside the optimizer)
     loss       d2l's form: lambda/2 ||w||^2 added to the loss, whose gradient is the same lambda * w
@@ -32,7 +32,7 @@ from dlexp.train import param_groups, train
 
 WD_SETTING = ["dataset=synthetic_wd", "model=linear", "trainer.batch_size=5", "trainer.epochs=10"]
 TOL = dict(rtol=1e-6, atol=1e-7)  # float32, measured mismatch <= 6.5e-9: see the module docstring
-LAMBDA = 3.0  # d2l 4.5 uses lambd = 3
+LAMBDA = 3.0  # d2l 3.7 uses lambd = 3
 
 
 def trained(make_cfg, *overrides):
@@ -108,7 +108,7 @@ def test_sgd_decoupled_decay_equals_coupled_without_momentum(make_cfg):
 
 @pytest.mark.parametrize("mode", ["coupled", "loss", "decoupled"])
 def test_weight_decay_shrinks_the_weights(make_cfg, mode):
-    # d2l 4.5's observation: with lambda = 3 the weight norm ends far smaller than without decay
+    # d2l 3.7's observation: with lambda = 3 the weight norm ends far smaller than without decay
     common = ["optimizer=sgd", "optimizer.lr=0.003", f"optimizer.weight_decay_mode={mode}", "trainer.epochs=20"]
     _, _, decayed = trained(make_cfg, *common, f"optimizer.weight_decay={LAMBDA}")
     _, _, free = trained(make_cfg, *common, "optimizer.weight_decay=0")

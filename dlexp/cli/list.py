@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from dlexp.cli.common import fail, out
@@ -32,4 +33,6 @@ def list_choices(
                 table.add_row(g, name, describe(path))
     except ConfigError as e:
         raise fail(str(e)) from None
-    out.print(table)
+    # piped (a file, grep, a test): the table at its natural width, no description wrapped (the shared
+    # console caps piped output at 160 columns, and print() cannot widen it)
+    (out if out.is_terminal else Console(highlight=False, width=1000)).print(table)

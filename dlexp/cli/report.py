@@ -22,7 +22,7 @@ def report(
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="The baseline group, KEY=VALUE[,KEY=VALUE...], e.g. optimizer=sgd or optimizer=sgd,optimizer.momentum=0 (one configuration): paired tests per group over shared seeds (and folds), Holm-corrected.")] = None,
     ci: Annotated[str, typer.Option("--ci", help="95% CI of group means: t (Student t) or bootstrap (seeded studentized bootstrap, from 5 runs). Fold scores always get the corrected t interval.")] = "t",
     target: Annotated[Optional[str], typer.Option("--target", help="SPLIT/METRIC=VALUE, e.g. val/acc=0.85: epochs and seconds until first reached (a miss, diverged runs included, counts as infinite).")] = None,
-    plots: Annotated[Optional[str], typer.Option("--plots", help="Comma-separated: curves, lr, sensitivity, final, or all. PNG and SVG go to --out (default: a new folder under <results-dir>/reports/).")] = None,
+    plots: Annotated[Optional[str], typer.Option("--plots", help="Comma-separated: curves, lr, sensitivity, final, trajectory (paths over the contours of a 2-D objective), or all. PNG and SVG go to --out (default: a new folder under <results-dir>/reports/).")] = None,
     x: Annotated[Optional[str], typer.Option("--x", help="x axes of the curves, comma-separated: epoch, step, examples, time (default: epoch,time).")] = None,
     out_dir: Annotated[Optional[str], typer.Option("--out", help="Folder of this report (table file and plots); what an earlier report left there is replaced. Default: a new folder under <results-dir>/reports/.")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="Table format: md, csv, latex or json; to the report folder as report.<ext>, or to stdout without --out.")] = None,

@@ -180,14 +180,14 @@ def _print_summary(cfg, run_id: str, summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     final = summary["final"]
-    metrics = [m for m in ("loss", "acc", "rmse", "log_rmse") if any(k.endswith("/" + m) for k in final)]
+    metrics = [m for m in ("loss", "acc", "rmse", "log_rmse", "x1", "x2") if any(k.endswith("/" + m) for k in final)]
     # the run id on a line of its own: a table title wraps to the table's width, which cut the id in two
     out.print(f"run {run_id}", markup=False, soft_wrap=True)
     table = Table(title=f"{cfg.model.name} / {cfg.dataset.name} / {cfg.optimizer.name} ({summary['status']})")
     table.add_column("split")
     for m in metrics:
         table.add_column(m, justify="right")
-    for split in ("train", "val", "test"):
+    for split in ("train", "train_eval", "val", "test"):
         if any(k.startswith(split + "/") for k in final):
             table.add_row(split, *(f"{final[f'{split}/{m}']:.4f}" if f"{split}/{m}" in final else "" for m in metrics))
     out.print(table)

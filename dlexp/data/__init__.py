@@ -18,6 +18,7 @@ from dlexp.errors import ConfigError
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
+OBJECTIVE = "objective"  # no samples to fit: a function minimized over the model's output (dlexp.data.objective)
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Source:
     """
 
     name: str
-    task: str  # CLASSIFICATION | REGRESSION
+    task: str  # CLASSIFICATION | REGRESSION | OBJECTIVE
     x: Any  # train pool: torch.Tensor (n, *sample_shape) or pandas.DataFrame
     y: torch.Tensor
     x_test: Any = None
@@ -43,6 +44,8 @@ class Source:
     positive_target: bool = False
     test_ids: Any = None  # ids for a submission file (Kaggle), aligned with x_test
     extra: dict = field(default_factory=dict)
+    # loss(output, target) -> scalar of a data set that brings its own (an objective's f); None: the task's
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -59,12 +62,15 @@ class Splits:
     val: tuple[torch.Tensor, torch.Tensor] | None
     test: tuple[torch.Tensor, torch.Tensor] | None
     positive_target: bool = False
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # see Source.loss
 
     @property
     def metrics(self) -> tuple[str, ...]:
         """The metrics the loop records for this task (besides lr and epoch time)."""
         if self.task == CLASSIFICATION:
             return ("loss", "acc")
+        if self.task == OBJECTIVE:
+            return ("loss",) + tuple(f"x{i + 1}" for i in range(self.num_outputs))
         return ("loss", "rmse", "log_rmse") if self.positive_target else ("loss", "rmse")
 
 
@@ -120,6 +126,7 @@ def make_splits(source: Source, train_idx: np.ndarray, val_idx: np.ndarray | Non
         val=val,
         test=test,
         positive_target=source.positive_target,
+        loss=source.loss,
     )
 
 
@@ -201,7 +208,7 @@ def _lazy(name: str, module: str) -> None:
 
 
 # Loaders. Each module registers its rows on import; the pandas-based ones when first used.
-from dlexp.data import airfoil, builtin, mnist  # noqa: E402,F401
+from dlexp.data import airfoil, builtin, mnist, objective  # noqa: E402,F401
 
 _lazy("house_prices", "dlexp.data.house_prices")
 _lazy("csv", "dlexp.data.tabular")

@@ -47,7 +47,7 @@ def digits(cfg) -> Source:
 def _synthetic(cfg, name: str) -> Source:
     """d2l 3.3's generator: y = X w + b + noise, X ~ N(0, 1), noise ~ N(0, noise^2).
 
-    `w` is either a list of weights or a scalar repeated `num_inputs` times (d2l 4.5 uses 0.01 x 200).
+    `w` is either a list of weights or a scalar repeated `num_inputs` times (d2l 3.7 uses 0.01 x 200).
     The data are drawn from their own generator (`data_seed`), independent of the run's seed.
     """
     num_inputs = int(cfg.num_inputs)
@@ -78,5 +78,5 @@ def synthetic(cfg) -> Source:
 
 @register("synthetic_wd")
 def synthetic_wd(cfg) -> Source:
-    """d2l 4.5's weight-decay setting: 20 training samples, 200 inputs, w = 0.01, b = 0.05."""
+    """d2l 3.7's weight-decay setting (4.5 in the 0.17 edition): 20 training samples, 200 inputs, w = 0.01, b = 0.05."""
     return _synthetic(cfg, "synthetic_wd")

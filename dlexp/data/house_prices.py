@@ -1,4 +1,4 @@
-"""d2l's Kaggle house prices (d2l 5.7 / 4.10): predict SalePrice, scored by log-RMSE.
+"""d2l's Kaggle house prices (d2l 5.7): predict SalePrice, scored by log-RMSE.
 
 As d2l: drop Id, standardize the numeric features then fill their NaN with 0, one-hot the others
 with a NaN column; the model is trained on the raw SalePrice with MSE and log-RMSE

@@ -1,4 +1,4 @@
-"""d2l's tabular preprocessing (d2l 5.7 / 4.10), fitted on the training rows only, and the `csv` data set.
+"""d2l's tabular preprocessing (d2l 5.7), fitted on the training rows only, and the `csv` data set.
 
 d2l standardizes the numeric columns, fills their NaN with 0 (the mean after standardizing) and
 one-hot encodes the other columns with `pd.get_dummies(dummy_na=True)`, all on train + test rows

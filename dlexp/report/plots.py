@@ -14,7 +14,7 @@ from dlexp.report.compare import assign_groups, group_label, group_order, statis
 from dlexp.report.runs import ReportError, is_number, listing, lower_is_better, metric_label, varying_keys
 from dlexp.report.stats import t_interval
 
-PLOT_KINDS = ("curves", "lr", "sensitivity", "final")
+PLOT_KINDS = ("curves", "lr", "sensitivity", "final", "trajectory")
 # --x of the curves: the name on the command line -> the metrics.csv column (None: the epoch itself)
 X_AXES = {"epoch": "epoch", "step": "step", "examples": "examples", "time": "time_s"}
 X_LABELS = {"epoch": "epoch", "step": "optimizer steps", "examples": "training examples seen", "time": "wall time (seconds)"}
@@ -315,6 +315,18 @@ def make_plots(kinds: Sequence[str], runs, metrics, by: Sequence[str], metric: s
                 notes.append("sensitivity plot skipped: optimizer.lr takes a single value")
         elif kind == "final":
             figs.append(Plot(plot_name("final", metric), plot_final(summary, metric, at=at), f"The {what} per group, with 95% CIs"))
+        elif kind == "trajectory":  # 2-D objectives: contour lines and paths (dlexp/trajectory.py)
+            from dlexp import trajectory
+
+            # every run's path is drawn, not only those in the statistics: a diverging one is what
+            # d2l's eta = 0.6 figure shows
+            more, more_notes = trajectory.figures(runs, metrics, by)
+            captions = {"trajectory_per_group": "Paths over the contour lines of the objective, one panel per group",
+                        "trajectory_overlay": "Paths of every group over the contour lines of the objective"}
+            for stem, fig in more:
+                plain_figure(fig)
+                figs.append(Plot(stem, fig, captions.get(stem, stem)))
+            notes += more_notes
     return figs, notes
 
 
