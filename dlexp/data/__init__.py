@@ -106,7 +106,7 @@ def make_splits(source: Source, train_idx: np.ndarray, val_idx: np.ndarray | Non
         test = (source.x_test, source.y_test) if source.x_test is not None and source.y_test is not None else None
         return Splits(task=source.task, num_outputs=source.num_outputs, sample_shape=tuple(x_train.shape[1:]),
                       train=(x_train, y_train), val=(x_val, y_val) if x_val is not None else None, test=test,
-                      positive_target=source.positive_target)
+                      positive_target=source.positive_target, loss=source.loss)
     x_train = _rows(source.x, train_idx)
     x_val = _rows(source.x, val_idx) if val_idx is not None and len(val_idx) else None
     transform = source.featurizer(x_train) if source.featurizer is not None else (lambda v: v)
