@@ -79,10 +79,14 @@ def test_report_writes_the_trajectory_plots_as_png_svg_and_into_the_html(objecti
     res = cli("report", "--results-dir", str(objective_results), "--by", "name", "--plots", "trajectory",
               "--out", str(out), "--html", str(page))
     assert res.exit_code == 0, res.output
+    html = page.read_text()
     for stem in ("trajectory_per_group", "trajectory_overlay"):
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert b"<svg" in (out / f"{stem}.svg").read_bytes()[:500]
-        assert f"<h2>{stem}</h2>" in page.read_text()
+    # the page titles each figure by its caption and embeds it as a PNG
+    for caption in ("one panel per group", "Paths of every group"):
+        heading = next(h for h in html.split("<h2>")[1:] if caption in h.split("</h2>")[0])
+        assert "src='data:image/png;base64," in heading
 
 
 def test_trajectory_on_runs_without_an_objective_is_a_note_not_an_error(cli, results_dir, tmp_path):
