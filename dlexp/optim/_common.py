@@ -162,3 +162,10 @@ def increment_steps(steps: list[Tensor]) -> None:
         torch._foreach_add_(steps, _ONE.to(steps[0].dtype), alpha=1.0)
     else:
         torch._foreach_add_(steps, 1)
+
+
+def member_view(h: Tensor, like: Tensor) -> Tensor:
+    """A per-member hyperparameter h (shape (M,), float64, dlexp.vectorize) in the dtype of the stacked
+    tensor `like` (M, *shape), viewed (M, 1, ..., 1) to broadcast over each member's slice. The cast
+    rounds once, as a Python float hyperparameter is rounded to the param's dtype inside a kernel."""
+    return h.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))

@@ -19,9 +19,11 @@ from dlexp.optim._common import (
     check_lr,
     check_nonnegative,
     increment_steps,
+    member_view,
     new_step,
     params_with_grad,
     reject_unimplemented,
+    scalar_dtype,
 )
 
 __all__ = ["Adadelta", "adadelta"]
@@ -159,3 +161,36 @@ class Adadelta(Optimizer):
             )  # fmt: skip
             apply_rule(params, grads, states, group, hp, adadelta, _multi_tensor_adadelta)
         return loss
+
+
+@torch.no_grad()
+def _stacked_adadelta(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    *,
+    lr: Tensor,
+    rho: Tensor,
+    eps: Tensor,
+    weight_decay: Tensor,
+    maximize: bool,
+    weight_decay_on: bool,
+) -> None:
+    """`adadelta` on stacked tensors (a vectorized group, dlexp.vectorize): slice m of every (M, *shape)
+    tensor takes `adadelta`'s step with member m's hyperparameters, given as (M,) float64 tensors.
+    `weight_decay_on`: some member's weight decay is not 0."""
+    for p, g, s in zip(params, grads, states):
+        if not s:  # as Adadelta._init_state, with one step count per member
+            s["step"] = torch.zeros(p.shape[0], dtype=scalar_dtype(), device=p.device)
+            s["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            s["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        g = -g if maximize else g
+        s["step"] += 1
+        if weight_decay_on:
+            g = g + member_view(weight_decay, p) * p  # L2 in the gradient, torch's meaning
+        square_avg, acc_delta = s["square_avg"], s["acc_delta"]
+        square_avg.mul_(member_view(rho, p)).add_(g * member_view(1 - rho, p) * g)  # s_t
+        std = square_avg.add(member_view(eps, p)).sqrt_()  # eps inside the root, as torch.optim and d2l
+        delta = acc_delta.add(member_view(eps, p)).sqrt_().div_(std).mul_(g)  # g'_t
+        acc_delta.mul_(member_view(rho, p)).add_(delta * member_view(1 - rho, p) * delta)  # Delta x_t
+        p.add_(delta * member_view(-lr, p))

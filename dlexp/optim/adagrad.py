@@ -19,9 +19,11 @@ from dlexp.optim._common import (
     check_lr,
     check_nonnegative,
     increment_steps,
+    member_view,
     new_step,
     params_with_grad,
     reject_unimplemented,
+    scalar_dtype,
 )
 
 __all__ = ["Adagrad", "adagrad"]
@@ -163,3 +165,37 @@ class Adagrad(Optimizer):
             )  # fmt: skip
             apply_rule(params, grads, states, group, hp, adagrad, _multi_tensor_adagrad)
         return loss
+
+
+@torch.no_grad()
+def _stacked_adagrad(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    *,
+    lr: Tensor,
+    lr_decay: Tensor,
+    weight_decay: Tensor,
+    eps: Tensor,
+    initial_accumulator_value: Tensor,
+    maximize: bool,
+    weight_decay_on: bool,
+) -> None:
+    """`adagrad` on stacked tensors (a vectorized group, dlexp.vectorize): slice m of every (M, *shape)
+    tensor takes `adagrad`'s step with member m's hyperparameters, given as (M,) float64 tensors;
+    `step` is (M,), and `sum` starts at member m's initial_accumulator_value.
+    `weight_decay_on`: some member's weight decay is not 0."""
+    for p, g, s in zip(params, grads, states):
+        if not s:  # as Adagrad._init_state, with one step count and start value per member
+            s["step"] = torch.zeros(p.shape[0], dtype=scalar_dtype(), device=p.device)
+            s["sum"] = torch.zeros_like(p, memory_format=torch.preserve_format).add_(member_view(initial_accumulator_value, p))
+        g = -g if maximize else g
+        s["step"] += 1
+        t = s["step"].double()  # (M,)
+        if weight_decay_on:
+            g = g + member_view(weight_decay, p) * p  # L2 in the gradient, torch's meaning
+        clr = lr / (1 + (t - 1) * lr_decay)
+        state_sum = s["sum"]
+        state_sum.addcmul_(g, g, value=1)  # s_t
+        std = state_sum.sqrt().add_(member_view(eps, p))  # sqrt before eps, as torch.optim
+        p.add_(g / std * member_view(-clr, p))

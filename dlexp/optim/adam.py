@@ -19,9 +19,11 @@ from dlexp.optim._common import (
     check_lr,
     check_nonnegative,
     increment_steps,
+    member_view,
     new_step,
     params_with_grad,
     reject_unimplemented,
+    scalar_dtype,
 )
 
 __all__ = ["Adam", "adam"]
@@ -197,3 +199,51 @@ class Adam(Optimizer):
 
     # the readable per-tensor ground truth that foreach=False runs (AdamW substitutes `adamw`)
     _rule = staticmethod(adam)
+
+
+@torch.no_grad()
+def _stacked_adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    *,
+    lr: Tensor,
+    beta1: Tensor,
+    beta2: Tensor,
+    eps: Tensor,
+    weight_decay: Tensor,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool = False,
+    weight_decay_on: bool = True,
+) -> None:
+    """`adam` (and `adamw`, decoupled) on stacked tensors (a vectorized group, dlexp.vectorize): slice m
+    of every (M, *shape) tensor takes `adam`'s step with member m's hyperparameters, given as (M,)
+    float64 tensors. `step` is an (M,) tensor: member m's t. The scalars the rule computes in Python
+    floats (bias corrections, step size) are computed here in float64 and rounded to the param's
+    dtype once, as the rule's floats are. `weight_decay_on`: some member's weight decay is not 0."""
+    for p, g, s in zip(params, grads, states):
+        if not s:  # as Adam._init_state, with one step count per member
+            s["step"] = torch.zeros(p.shape[0], dtype=scalar_dtype(), device=p.device)
+            s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            s["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if amsgrad:
+                s["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        g = -g if maximize else g
+        s["step"] += 1
+        t = s["step"].double()  # (M,)
+        if weight_decay_on:
+            if decoupled_weight_decay:
+                p.mul_(member_view(1 - lr * weight_decay, p))  # AdamW: shrink the weights, leave g_t alone
+            else:
+                g = g + member_view(weight_decay, p) * p  # L2 in the gradient, torch's meaning
+        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
+        exp_avg.lerp_(g, member_view(1 - beta1, p))  # v_t
+        exp_avg_sq.mul_(member_view(beta2, p)).add_(g * member_view(1 - beta2, p) * g)  # s_t
+        bias_correction1 = 1 - beta1**t
+        bias_correction2 = 1 - beta2**t
+        if amsgrad:
+            torch.maximum(s["max_exp_avg_sq"], exp_avg_sq, out=s["max_exp_avg_sq"])
+            exp_avg_sq = s["max_exp_avg_sq"]
+        denom = (exp_avg_sq.sqrt() / member_view(bias_correction2.sqrt(), p)).add_(member_view(eps, p))
+        p.add_(exp_avg / denom * member_view(-lr / bias_correction1, p))

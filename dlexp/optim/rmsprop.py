@@ -21,9 +21,11 @@ from dlexp.optim._common import (
     check_lr,
     check_nonnegative,
     increment_steps,
+    member_view,
     new_step,
     params_with_grad,
     reject_unimplemented,
+    scalar_dtype,
 )
 
 __all__ = ["RMSprop", "rmsprop"]
@@ -187,3 +189,52 @@ class RMSprop(Optimizer):
             )  # fmt: skip
             apply_rule(params, grads, states, group, hp, rmsprop, _multi_tensor_rmsprop)
         return loss
+
+
+@torch.no_grad()
+def _stacked_rmsprop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    *,
+    lr: Tensor,
+    alpha: Tensor,
+    eps: Tensor,
+    weight_decay: Tensor,
+    momentum: Tensor,
+    centered: bool,
+    maximize: bool,
+    momentum_on: bool,
+    weight_decay_on: bool,
+) -> None:
+    """`rmsprop` on stacked tensors (a vectorized group, dlexp.vectorize): slice m of every (M, *shape)
+    tensor takes `rmsprop`'s step with member m's hyperparameters, given as (M,) float64 tensors.
+    `momentum_on` / `weight_decay_on`: some member's momentum / weight decay is not 0. A member with
+    momentum 0 then shares the buffer as b_t = 0 * b_{t-1} + d_t = d_t: `rmsprop`'s step without one."""
+    for p, g, s in zip(params, grads, states):
+        if not s:  # as RMSprop._init_state, with one step count per member
+            s["step"] = torch.zeros(p.shape[0], dtype=scalar_dtype(), device=p.device)
+            s["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if momentum_on:
+                s["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if centered:
+                s["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        g = -g if maximize else g
+        s["step"] += 1
+        if weight_decay_on:
+            g = g + member_view(weight_decay, p) * p  # L2 in the gradient, torch's meaning
+        square_avg = s["square_avg"]
+        square_avg.mul_(member_view(alpha, p)).add_(g * member_view(1 - alpha, p) * g)  # s_t
+        if centered:
+            grad_avg = s["grad_avg"]
+            grad_avg.lerp_(g, member_view(1 - alpha, p))  # v_t
+            avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()  # sqrt(s_t - v_t^2)
+        else:
+            avg = square_avg.sqrt()
+        avg = avg.add_(member_view(eps, p))  # sqrt before eps, as torch.optim
+        if momentum_on:
+            buf = s["momentum_buffer"]
+            buf.mul_(member_view(momentum, p)).addcdiv_(g, avg)
+            p.add_(buf * member_view(-lr, p))
+        else:
+            p.add_(g / avg * member_view(-lr, p))

@@ -18,6 +18,7 @@ from dlexp.optim._common import (
     as_float,
     check_lr,
     check_nonnegative,
+    member_view,
     params_with_grad,
     reject_unimplemented,
 )
@@ -163,3 +164,40 @@ class SGD(Optimizer):
             )  # fmt: skip
             apply_rule(params, grads, states, group, hp, sgd, _multi_tensor_sgd)
         return loss
+
+
+@torch.no_grad()
+def _stacked_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    *,
+    lr: Tensor,
+    momentum: Tensor,
+    dampening: Tensor,
+    weight_decay: Tensor,
+    nesterov: bool,
+    maximize: bool,
+    momentum_on: bool,
+    weight_decay_on: bool,
+) -> None:
+    """`sgd` on stacked tensors (a vectorized group, dlexp.vectorize): slice m of every (M, *shape)
+    param, grad and buffer takes `sgd`'s step with member m's hyperparameters, given as (M,) float64
+    tensors. `momentum_on` / `weight_decay_on`: some member's momentum / weight decay is not 0.
+
+    A member with momentum 0 keeps no buffer in `sgd` (its step is g_t, dampening unused); here the
+    shared buffer gives it v_t = 0 * v_{t-1} + g_t = g_t, so its dampening is taken as 0.
+    """
+    for p, g, s in zip(params, grads, states):
+        g = -g if maximize else g
+        if weight_decay_on:
+            g = g + member_view(weight_decay, p) * p  # L2 in the gradient, torch's meaning
+        if momentum_on:
+            buf = s.get("momentum_buffer")
+            if buf is None:
+                buf = s["momentum_buffer"] = g.detach().clone()  # first step: v_1 = g_1, as `sgd`
+            else:
+                damped = torch.where(momentum == 0, 1.0, 1.0 - dampening)
+                buf.mul_(member_view(momentum, p)).add_(g * member_view(damped, p))
+            g = g + member_view(momentum, p) * buf if nesterov else buf
+        p.add_(g * member_view(-lr, p))
