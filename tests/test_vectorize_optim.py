@@ -4,8 +4,12 @@ the readable per-tensor rule applied member by member.
 Three members with different hyperparameters (lr, momentum 0 included, dampening, betas, eps, alpha,
 rho, weight decay 0 included, ...) take 60 steps on the same random gradients as three ordinary
 optimizers built with foreach=False, which run the per-tensor rule. Every row of the parity table
-(`dlexp.optim.check.CASES`) is a case, so every optimizer and option variant is covered. One torch
-thread (fixed for the module): the comparison is about arithmetic, not thread scheduling.
+(`dlexp.optim.check.CASES`) is a case, so every optimizer and option variant is covered.
+
+The stacked rules call the per-tensor rule's kernels with its scalars turned into per-member tensor
+factors of the same operations (`add(y, alpha=a)` as `addcmul(x, y, a)`, ...), so the results are
+bit-identical, not just close (as the foreach path is to the per-tensor rule); the hyperparameter
+arithmetic is float64 in both. One torch thread, fixed for the module, as for every bit-level claim.
 """
 
 from __future__ import annotations
@@ -19,10 +23,6 @@ from dlexp.optim.stacked import RULES, Stacked, member_hparams
 
 STEPS = 60
 M = 3
-# measured over every case: float64 agrees to 1.6e-15 (the hyperparameter arithmetic is float64 in
-# both), float32 to 6.6e-7 (the stacked rule multiplies by a tensor where the per-tensor rule passes
-# `alpha=`/`value=` to a kernel, which may round the product differently)
-TOLERANCES = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,8 @@ def member_kwargs(case: Case) -> list[dict]:
         kw = dict(case.kwargs)
         kw["lr"] = kw["lr"] * (1.0, 0.5, 1.7)[m]
         if "momentum" in kw:
-            kw["momentum"] = ((0.9, 0.5, 0.7) if kw.get("nesterov") else (0.9, 0.0, 0.6))[m]
+            # SGD groups mix momentum 0 and > 0; RMSprop's momentum > 0 is a code path, equal in a group
+            kw["momentum"] = ((0.9, 0.5, 0.7) if kw.get("nesterov") or case.optimizer == "rmsprop" else (0.9, 0.0, 0.6))[m]
         if "dampening" in kw:
             kw["dampening"] = (0.5, 0.2, 0.0)[m]
         if "weight_decay" in kw or case.optimizer == "adamw":
@@ -88,23 +89,14 @@ def test_stacked_rule_matches_the_per_tensor_rule_member_by_member(case: Case, d
             for p, g in zip(singles[m], grads):
                 p.grad = g[m].clone()
             opts[m].step()
-    worst = 0.0
     for m in range(M):
         for i, p in enumerate(stacked):
             single = singles[m][i]
             assert (single - start[i][m]).abs().max() > 1e-3, "the member did not move"  # parity of a frozen run proves nothing
-            worst = max(worst, _rel(stacked[i][m], single))
+            assert torch.equal(stacked[i][m], single), f"member {m}, tensor {i}"
             state, own = opt.state[p], opts[m].state[single]
             for key, value in own.items():
-                expect = value if key != "step" else value.reshape(())
-                assert key in state, key
-                worst = max(worst, _rel(state[key][m], expect))
-    assert worst <= TOLERANCES[dtype], f"{_id(case)} {dtype}: max relative difference {worst:.3e}"
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+                assert torch.equal(state[key][m], value.reshape(value.shape)), f"member {m}, tensor {i}, {key}"
 
 
 def test_every_optimizer_has_a_stacked_rule() -> None:
@@ -113,15 +105,19 @@ def test_every_optimizer_has_a_stacked_rule() -> None:
 
 def test_a_member_with_momentum_zero_steps_like_plain_sgd() -> None:
     """SGD keeps no buffer at momentum 0 and ignores dampening there; the shared buffer must too."""
+    from dlexp.optim import SGD
+
     torch.manual_seed(0)
     p = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
-    start = p.detach().clone()
+    q = p[1].detach().clone().requires_grad_()
     opt = Stacked([{"params": [p]}], "sgd", [
         {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, "weight_decay": 0.0, "nesterov": False, "maximize": False},
         {"lr": 0.1, "momentum": 0.0, "dampening": 0.5, "weight_decay": 0.0, "nesterov": False, "maximize": False},
     ])
-    g = torch.randn(2, 4, dtype=torch.float64)
+    plain = SGD([q], lr=0.1, momentum=0.0, dampening=0.5)
     for _ in range(3):
-        p.grad = g.clone()
+        g = torch.randn(2, 4, dtype=torch.float64)
+        p.grad, q.grad = g.clone(), g[1].clone()
         opt.step()
-    assert torch.equal(p[1].detach(), start[1] - 0.1 * g[1] - 0.1 * g[1] - 0.1 * g[1])
+        plain.step()
+    assert torch.equal(p[1], q) and not plain.state[q]

@@ -178,7 +178,8 @@ def _stacked_adadelta(
 ) -> None:
     """`adadelta` on stacked tensors (a vectorized group, dlexp.vectorize): slice m of every (M, *shape)
     tensor takes `adadelta`'s step with member m's hyperparameters, given as (M,) float64 tensors.
-    `weight_decay_on`: some member's weight decay is not 0."""
+    `weight_decay_on`: some member's weight decay is not 0. A kernel's scalar argument becomes a factor
+    of a tensor argument, which rounds as the kernel does (see `_stacked_adam`)."""
     for p, g, s in zip(params, grads, states):
         if not s:  # as Adadelta._init_state, with one step count per member
             s["step"] = torch.zeros(p.shape[0], dtype=scalar_dtype(), device=p.device)
@@ -187,10 +188,10 @@ def _stacked_adadelta(
         g = -g if maximize else g
         s["step"] += 1
         if weight_decay_on:
-            g = g + member_view(weight_decay, p) * p  # L2 in the gradient, torch's meaning
+            g = torch.addcmul(g, p, member_view(weight_decay, p))  # L2 in the gradient, torch's meaning
         square_avg, acc_delta = s["square_avg"], s["acc_delta"]
-        square_avg.mul_(member_view(rho, p)).add_(g * member_view(1 - rho, p) * g)  # s_t
+        square_avg.mul_(member_view(rho, p)).addcmul_(g * member_view(1 - rho, p), g)  # s_t
         std = square_avg.add(member_view(eps, p)).sqrt_()  # eps inside the root, as torch.optim and d2l
         delta = acc_delta.add(member_view(eps, p)).sqrt_().div_(std).mul_(g)  # g'_t
-        acc_delta.mul_(member_view(rho, p)).add_(delta * member_view(1 - rho, p) * delta)  # Delta x_t
-        p.add_(delta * member_view(-lr, p))
+        acc_delta.mul_(member_view(rho, p)).addcmul_(delta * member_view(1 - rho, p), delta)  # Delta x_t
+        p.addcmul_(delta, member_view(-lr, p))

@@ -184,7 +184,8 @@ def _stacked_adagrad(
     """`adagrad` on stacked tensors (a vectorized group, dlexp.vectorize): slice m of every (M, *shape)
     tensor takes `adagrad`'s step with member m's hyperparameters, given as (M,) float64 tensors;
     `step` is (M,), and `sum` starts at member m's initial_accumulator_value.
-    `weight_decay_on`: some member's weight decay is not 0."""
+    `weight_decay_on`: some member's weight decay is not 0. A kernel's scalar argument becomes a factor
+    of a tensor argument, which rounds as the kernel does (see `_stacked_adam`)."""
     for p, g, s in zip(params, grads, states):
         if not s:  # as Adagrad._init_state, with one step count and start value per member
             s["step"] = torch.zeros(p.shape[0], dtype=scalar_dtype(), device=p.device)
@@ -193,9 +194,9 @@ def _stacked_adagrad(
         s["step"] += 1
         t = s["step"].double()  # (M,)
         if weight_decay_on:
-            g = g + member_view(weight_decay, p) * p  # L2 in the gradient, torch's meaning
+            g = torch.addcmul(g, p, member_view(weight_decay, p))  # L2 in the gradient, torch's meaning
         clr = lr / (1 + (t - 1) * lr_decay)
         state_sum = s["sum"]
         state_sum.addcmul_(g, g, value=1)  # s_t
         std = state_sum.sqrt().add_(member_view(eps, p))  # sqrt before eps, as torch.optim
-        p.add_(g / std * member_view(-clr, p))
+        p.addcdiv_(g * member_view(-clr, p), std)

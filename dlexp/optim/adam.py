@@ -221,7 +221,9 @@ def _stacked_adam(
     of every (M, *shape) tensor takes `adam`'s step with member m's hyperparameters, given as (M,)
     float64 tensors. `step` is an (M,) tensor: member m's t. The scalars the rule computes in Python
     floats (bias corrections, step size) are computed here in float64 and rounded to the param's
-    dtype once, as the rule's floats are. `weight_decay_on`: some member's weight decay is not 0."""
+    dtype once, as the rule's floats are. `weight_decay_on`: some member's weight decay is not 0.
+    A kernel's scalar argument becomes a factor of a tensor argument (`addcmul_(g, g, value=c)` is
+    `addcmul_(g * c, g)`; `add(y, alpha=a)` is `addcmul(x, y, a)`), which rounds as the kernel does."""
     for p, g, s in zip(params, grads, states):
         if not s:  # as Adam._init_state, with one step count per member
             s["step"] = torch.zeros(p.shape[0], dtype=scalar_dtype(), device=p.device)
@@ -236,14 +238,14 @@ def _stacked_adam(
             if decoupled_weight_decay:
                 p.mul_(member_view(1 - lr * weight_decay, p))  # AdamW: shrink the weights, leave g_t alone
             else:
-                g = g + member_view(weight_decay, p) * p  # L2 in the gradient, torch's meaning
+                g = torch.addcmul(g, p, member_view(weight_decay, p))  # L2 in the gradient, torch's meaning
         exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
         exp_avg.lerp_(g, member_view(1 - beta1, p))  # v_t
-        exp_avg_sq.mul_(member_view(beta2, p)).add_(g * member_view(1 - beta2, p) * g)  # s_t
+        exp_avg_sq.mul_(member_view(beta2, p)).addcmul_(g * member_view(1 - beta2, p), g)  # s_t
         bias_correction1 = 1 - beta1**t
         bias_correction2 = 1 - beta2**t
         if amsgrad:
             torch.maximum(s["max_exp_avg_sq"], exp_avg_sq, out=s["max_exp_avg_sq"])
             exp_avg_sq = s["max_exp_avg_sq"]
-        denom = (exp_avg_sq.sqrt() / member_view(bias_correction2.sqrt(), p)).add_(member_view(eps, p))
-        p.add_(exp_avg / denom * member_view(-lr / bias_correction1, p))
+        denom = (exp_avg_sq.sqrt() / member_view(bias_correction2**0.5, p)).add_(member_view(eps, p))
+        p.addcdiv_(exp_avg * member_view(-lr / bias_correction1, p), denom)

@@ -209,8 +209,9 @@ def _stacked_rmsprop(
 ) -> None:
     """`rmsprop` on stacked tensors (a vectorized group, dlexp.vectorize): slice m of every (M, *shape)
     tensor takes `rmsprop`'s step with member m's hyperparameters, given as (M,) float64 tensors.
-    `momentum_on` / `weight_decay_on`: some member's momentum / weight decay is not 0. A member with
-    momentum 0 then shares the buffer as b_t = 0 * b_{t-1} + d_t = d_t: `rmsprop`'s step without one."""
+    `momentum_on` / `weight_decay_on`: every member's momentum is > 0 (momentum > 0 is a code path of
+    its own: a group's members agree on it) / some member's weight decay is not 0. A kernel's scalar
+    argument becomes a factor of a tensor argument, which rounds as the kernel does (see `_stacked_adam`)."""
     for p, g, s in zip(params, grads, states):
         if not s:  # as RMSprop._init_state, with one step count per member
             s["step"] = torch.zeros(p.shape[0], dtype=scalar_dtype(), device=p.device)
@@ -222,9 +223,9 @@ def _stacked_rmsprop(
         g = -g if maximize else g
         s["step"] += 1
         if weight_decay_on:
-            g = g + member_view(weight_decay, p) * p  # L2 in the gradient, torch's meaning
+            g = torch.addcmul(g, p, member_view(weight_decay, p))  # L2 in the gradient, torch's meaning
         square_avg = s["square_avg"]
-        square_avg.mul_(member_view(alpha, p)).add_(g * member_view(1 - alpha, p) * g)  # s_t
+        square_avg.mul_(member_view(alpha, p)).addcmul_(g * member_view(1 - alpha, p), g)  # s_t
         if centered:
             grad_avg = s["grad_avg"]
             grad_avg.lerp_(g, member_view(1 - alpha, p))  # v_t
@@ -235,6 +236,6 @@ def _stacked_rmsprop(
         if momentum_on:
             buf = s["momentum_buffer"]
             buf.mul_(member_view(momentum, p)).addcdiv_(g, avg)
-            p.add_(buf * member_view(-lr, p))
+            p.addcmul_(buf, member_view(-lr, p))
         else:
-            p.add_(g / avg * member_view(-lr, p))
+            p.addcdiv_(g * member_view(-lr, p), avg)

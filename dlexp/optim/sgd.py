@@ -187,17 +187,18 @@ def _stacked_sgd(
 
     A member with momentum 0 keeps no buffer in `sgd` (its step is g_t, dampening unused); here the
     shared buffer gives it v_t = 0 * v_{t-1} + g_t = g_t, so its dampening is taken as 0.
+    `x.add(y, alpha=a)` is written `torch.addcmul(x, y, a)`: the same fused multiply-add, bit for bit.
     """
     for p, g, s in zip(params, grads, states):
         g = -g if maximize else g
         if weight_decay_on:
-            g = g + member_view(weight_decay, p) * p  # L2 in the gradient, torch's meaning
+            g = torch.addcmul(g, p, member_view(weight_decay, p))  # L2 in the gradient, torch's meaning
         if momentum_on:
             buf = s.get("momentum_buffer")
             if buf is None:
                 buf = s["momentum_buffer"] = g.detach().clone()  # first step: v_1 = g_1, as `sgd`
             else:
                 damped = torch.where(momentum == 0, 1.0, 1.0 - dampening)
-                buf.mul_(member_view(momentum, p)).add_(g * member_view(damped, p))
-            g = g + member_view(momentum, p) * buf if nesterov else buf
-        p.add_(g * member_view(-lr, p))
+                buf.mul_(member_view(momentum, p)).addcmul_(g, member_view(damped, p))
+            g = torch.addcmul(g, buf, member_view(momentum, p)) if nesterov else buf
+        p.addcmul_(g, member_view(-lr, p))
