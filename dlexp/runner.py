@@ -14,6 +14,7 @@ import threading
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,12 +95,14 @@ class _BackgroundWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def write(self, path: Path, data: bytes) -> None:
+    def write_all(self, items: list[tuple[Path, bytes]]) -> None:
+        """Several files, one after another by one thread (a group's checkpoints: written together)."""
         self.join()
 
         def go() -> None:
             try:
-                results.atomic_write(path, data)
+                for path, data in items:
+                    results.atomic_write(path, data)
             except BaseException as e:  # reported to the training thread at its next join
                 self._error = e
 
@@ -182,157 +185,248 @@ def execute(
     folder's `heartbeat` file is touched every few seconds (`dlexp.claims`): `dlexp status` tells a
     running run from a killed one by its age.
     """
-    import torch
+    member = Member(extra_meta=extra_meta, extra_columns=extra_columns, on_epoch=on_epoch, on_finish=on_finish,
+                    resume_dir=resume_dir, on_run_dir=on_run_dir)
+    return execute_group([cfg], [splits], [member], progress=progress, checkpoints=checkpoints, reraise=reraise,
+                         stop_on=stop_on, group=False)[0]
 
-    from dlexp.loggers import Loggers
-    from dlexp.train import summarize, train
 
-    from dlexp.claims import HEARTBEAT
+@dataclass
+class Member:
+    """What the caller of `execute_group` says about one of its runs (as `execute`'s keywords)."""
 
-    loggers = Loggers(cfg, extra_columns)  # trainer.loggers (TensorBoard, MLflow): see dlexp/loggers.py
-    state: dict[str, Any] = {"run_id": None, "path": None, "started": time.perf_counter(), "written": 0}
-    extra_columns = extra_columns or {}
-    writer = _BackgroundWriter()
+    extra_meta: dict[str, Any] | None = None
+    extra_columns: dict[str, Any] | None = None
+    on_epoch: Callable[[int, list[dict[str, Any]]], None] | None = None
+    on_finish: Callable[[Any], None] | None = None
+    resume_dir: str | Path | None = None
+    on_run_dir: Callable[[str, int], None] | None = None
 
-    resume = None
-    if resume_dir is not None:
-        resume = load_checkpoint(resume_dir)
 
-    def on_start(device) -> str:
-        if resume_dir is not None:
-            path = Path(resume_dir)
+class _RunFolder:
+    """One run's folder while it trains: created when training starts, metrics appended each epoch,
+    checkpoints, the summary at the end (for a single run, or for each member of a group)."""
+
+    def __init__(self, cfg, spec: Member, stop_on: tuple[type[BaseException], ...], group: dict[str, Any] | None):
+        from dlexp.loggers import Loggers
+
+        self.cfg, self.spec, self.stop_on, self.group = cfg, spec, stop_on, group
+        self.loggers = Loggers(cfg, spec.extra_columns)  # trainer.loggers (TensorBoard, MLflow): see dlexp/loggers.py
+        self.columns = spec.extra_columns or {}
+        self.run_id: str | None = None
+        self.path: Path | None = None
+        self.started = time.perf_counter()
+        self.written = 0
+        self.resume = load_checkpoint(spec.resume_dir) if spec.resume_dir is not None else None
+
+    def create(self, device) -> str:
+        """The run folder: a new one (config.yaml, meta.json), or the resumed run's own."""
+        if self.spec.resume_dir is not None:
+            path = Path(self.spec.resume_dir)
             info = json.loads((path / "meta.json").read_text())
             info.setdefault("resumed", []).append(
-                {"at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "from_epoch": resume["epoch"], "command": sys.argv}
+                {"at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "from_epoch": self.resume["epoch"], "command": sys.argv}
             )
             results.write_json(path / "meta.json", info)
             (path / "summary.json").unlink(missing_ok=True)  # the run is live again
-            state.update(run_id=path.name, path=path, started=time.perf_counter() - float(resume["elapsed"]))
+            self.run_id, self.path, self.started = path.name, path, time.perf_counter() - float(self.resume["elapsed"])
             # the rows of the epochs after the checkpoint (checkpoint_every > 1) are trained again
-            rewrite_metrics(resume["records"])
-            _beat(path)
-            if on_run_dir is not None:
-                on_run_dir(path.name, int(resume["epoch"]) + 1)
-            return path.name
-        run_id, path = results.new_run_dir(cfg.results_dir, cfg.name)
-        state.update(run_id=run_id, path=path, started=time.perf_counter())
-        results.atomic_write(path / "config.yaml", to_yaml(cfg))
-        results.write_json(path / "meta.json", meta(cfg, device, extra_meta))
-        _beat(path)
-        if on_run_dir is not None:
-            on_run_dir(run_id, 1)
-        return run_id
+            self.rewrite_metrics(self.resume["records"])
+        else:
+            self.run_id, self.path = results.new_run_dir(self.cfg.results_dir, self.cfg.name)
+            self.started = time.perf_counter()
+            results.atomic_write(self.path / "config.yaml", to_yaml(self.cfg))
+        return self.run_id
 
-    def _beat(path: Path) -> None:
-        (path / "heartbeat").touch()
-        HEARTBEAT.add(path / "heartbeat")
+    def start(self, device, group_runs: list[str] | None = None) -> None:
+        """meta.json of a new run (with its group: an id, the member count, this member's index and
+        the members' run ids), the heartbeat, the loggers; then the caller's `on_run_dir`."""
+        from dlexp.claims import HEARTBEAT
 
-    def start(device) -> str:
-        run_id = on_start(device)
-        loggers.start(run_id, state["path"], resumed=resume)
-        return run_id
+        if self.spec.resume_dir is None:
+            extra = dict(self.spec.extra_meta or {})
+            if self.group is not None:
+                extra["group"] = {**self.group, "runs": group_runs}
+            results.write_json(self.path / "meta.json", meta(self.cfg, device, extra))
+        (self.path / "heartbeat").touch()
+        HEARTBEAT.add(self.path / "heartbeat")
+        if self.spec.on_run_dir is not None:
+            self.spec.on_run_dir(self.run_id, int(self.resume["epoch"]) + 1 if self.resume is not None else 1)
+        self.loggers.start(self.run_id, self.path, resumed=self.resume)
 
-    def _unbeat() -> None:
-        if state["path"] is not None:
-            HEARTBEAT.remove(state["path"] / "heartbeat")
-            (state["path"] / "heartbeat").unlink(missing_ok=True)
+    def unbeat(self) -> None:
+        from dlexp.claims import HEARTBEAT
 
-    def on_checkpoint(ckpt) -> None:
-        # serialized here, while the tensors are this epoch's (the loop changes them next); written and
-        # fsynced by a thread meanwhile. torch.save on a full disk raises RuntimeError, atomic_write OSError
-        writer.write(state["path"] / "checkpoint.pt", _to_bytes(ckpt))
+        if self.path is not None:
+            HEARTBEAT.remove(self.path / "heartbeat")
+            (self.path / "heartbeat").unlink(missing_ok=True)
 
-    def rewrite_metrics(records) -> None:
-        rows = [{**r, **extra_columns} for r in records]
-        results.atomic_write(state["path"] / "metrics.csv", results.metrics_csv(rows))
-        state["written"] = len(records)
+    def rewrite_metrics(self, records) -> None:
+        rows = [{**r, **self.columns} for r in records]
+        results.atomic_write(self.path / "metrics.csv", results.metrics_csv(rows))
+        self.written = len(records)
 
-    def append_metrics(records) -> None:
-        new = records[state["written"]:]
+    def append_metrics(self, records) -> None:
+        new = records[self.written:]
         if not new:
             return
-        text = results.metrics_csv([{**r, **extra_columns} for r in new])
-        if state["written"]:
+        text = results.metrics_csv([{**r, **self.columns} for r in new])
+        if self.written:
             text = text[text.index("\n") + 1:]  # the header is already there
-        _append(state["path"] / "metrics.csv", text.encode())
-        state["written"] = len(records)
+        _append(self.path / "metrics.csv", text.encode())
+        self.written = len(records)
 
-    def write_metrics(records) -> None:
-        if state["written"] != len(records):
-            rewrite_metrics(records)
+    def epoch(self, epoch, records) -> None:
+        """After each epoch: its rows appended, the loggers, the caller's `on_epoch` (whose `stop_on`
+        exception ends this run: train.Stop)."""
+        from dlexp.train import Stop
 
-    def epoch_hook(epoch, records) -> None:
-        append_metrics(records)
-        loggers.epoch(epoch, records)
-        if on_epoch is not None:
-            on_epoch(epoch, records)
+        self.append_metrics(records)
+        self.loggers.epoch(epoch, records)
+        if self.spec.on_epoch is not None:
+            try:
+                self.spec.on_epoch(epoch, records)
+            except self.stop_on as e:
+                raise Stop("pruned", str(e) or "stopped early") from None
 
-    def finish(status, reason, records, epochs, steps) -> dict[str, Any]:
+    def finish(self, status, reason, records, epochs, steps, writer: "_BackgroundWriter") -> dict[str, Any]:
         summary = {
-            "run_id": state["run_id"],
+            "run_id": self.run_id,
             "status": status,
             "reason": reason,
             "epochs_completed": epochs,
             "steps": steps,
-            "duration_s": time.perf_counter() - state["started"],
-            **extra_columns,
-            **summarize(records),
+            "duration_s": time.perf_counter() - self.started,
+            **self.columns,
+            **_summarize(records),
         }
         writer.join()  # the last checkpoint is on disk before the summary says the run ended
         try:
-            write_metrics(records)
-            results.write_json(state["path"] / "summary.json", summary)
+            if self.written != len(records):
+                self.rewrite_metrics(records)
+            results.write_json(self.path / "summary.json", summary)
         finally:
-            loggers.finish(status, reason)  # never raises; gives up on a call stalled for loggers.FINISH_WAIT_S
-        _unbeat()
+            self.loggers.finish(status, reason)  # never raises; gives up on a call stalled for loggers.FINISH_WAIT_S
+        self.unbeat()
         return summary
 
+    def records_on_disk(self) -> list[dict[str, Any]]:
+        """The records metrics.csv holds (a row cut by a failed write is not one)."""
+        import csv
+        import io
+
+        metrics = self.path / "metrics.csv"
+        if not metrics.exists():
+            return []
+        text = metrics.read_text()
+        text = text[: text.rfind("\n") + 1]
+        records = [{**r, "epoch": int(r["epoch"]), "value": float(r["value"])} for r in csv.DictReader(io.StringIO(text))]
+        self.written = len(records)
+        return records
+
+
+def _summarize(records):
+    from dlexp.train import summarize
+
+    return summarize(records)
+
+
+def execute_group(
+    cfgs: list,
+    splits: list,
+    members: list[Member],
+    *,
+    progress: Any = None,
+    checkpoints: bool = True,
+    reraise: bool = True,
+    stop_on: tuple[type[BaseException], ...] = (),
+    group: bool = True,
+) -> list[tuple[str | None, dict[str, Any]]]:
+    """`execute` for a vectorized group (dlexp.vectorize): the configs train as one stacked model, and
+    each member writes an ordinary run folder exactly as `execute` writes a single run's, its meta.json
+    recording the group (`group`: an id, the member count, the member's index, the members' run ids).
+    Returns each member's (run_id, summary), in order.
+
+    The members' checkpoints are ordinary checkpoints, written together (one background write of all
+    of them), so a member can be resumed with the group (`members[m].resume_dir`, every member at the
+    same epoch) or alone. A member that diverges or is stopped by its `on_epoch` ends with its status
+    while the others go on; an exception during training (a crash, Ctrl-C, a failed write) ends every
+    member as `execute` ends a single run. `group=False` with one config is `execute` itself.
+    """
+    import torch  # noqa: F401  (train imports it; a failure here is an install problem, not a run's)
+
+    from dlexp.train import train
+
+    info = {"id": _group_id(), "members": len(cfgs)} if group else None
+    folders = [_RunFolder(c, m, stop_on, {**info, "member": i} if info else None) for i, (c, m) in enumerate(zip(cfgs, members))]
+    writer = _BackgroundWriter()
+
+    def on_start(device):
+        run_ids = [f.create(device) for f in folders]
+        for f in folders:
+            f.start(device, run_ids)
+        return run_ids if group else run_ids[0]
+
+    def on_checkpoint(states) -> None:
+        # serialized here, while the tensors are this epoch's (the loop changes them next); written and
+        # fsynced by a thread meanwhile. torch.save on a full disk raises RuntimeError, atomic_write OSError
+        if not group:
+            states = [(0, states)]
+        writer.write_all([(folders[m].path / "checkpoint.pt", _to_bytes(state)) for m, state in states])
+
+    resume = [f.resume for f in folders]
     try:
         res = train(
-            cfg, splits, on_start=start, on_epoch=epoch_hook, progress=progress, resume=resume,
+            cfgs if group else cfgs[0], splits if group else splits[0], on_start=on_start,
+            on_epoch=[f.epoch for f in folders] if group else folders[0].epoch, progress=progress,
+            resume=(resume if any(r is not None for r in resume) else None) if group else resume[0],
             on_checkpoint=on_checkpoint if checkpoints else None,
         )
         writer.join()
     except BaseException as e:
         writer.join(raise_error=False)
-        if state["path"] is None:
+        if all(f.path is None for f in folders):
             raise  # nothing written yet: bad input, or a crash before the first epoch
-        if stop_on and isinstance(e, stop_on):
-            status = "pruned"
-        else:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        records = []
-        metrics = state["path"] / "metrics.csv"
-        if metrics.exists():
-            import csv
-            import io
-
-            text = metrics.read_text()
-            text = text[: text.rfind("\n") + 1]  # a row cut by a failed write is not a record
-            records = [{**r, "epoch": int(r["epoch"]), "value": float(r["value"])} for r in csv.DictReader(io.StringIO(text))]
-            state["written"] = len(records)
-        reason = {"failed": f"{type(e).__name__}: {e}", "interrupted": "interrupted", "pruned": str(e) or "stopped early"}[status]
-        summary = None
-        try:
-            summary = finish(status, reason, records, max((r["epoch"] for r in records), default=0), None)
-            if status == "failed":
-                (state["path"] / "error.txt").write_text(traceback.format_exc())
-        except OSError:
-            pass  # the disk that failed us may refuse this too; the files already there stay intact
-        finally:
-            _unbeat()
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        reason = "interrupted" if status == "interrupted" else f"{type(e).__name__}: {e}"
+        summaries = []
+        for f in folders:
+            summary = None
+            try:
+                records = f.records_on_disk()
+                summary = f.finish(status, reason, records, max((r["epoch"] for r in records), default=0), None, writer)
+                if status == "failed":
+                    (f.path / "error.txt").write_text(traceback.format_exc())
+            except OSError:
+                pass  # the disk that failed us may refuse this too; the files already there stay intact
+            finally:
+                f.unbeat()
+            summaries.append((f.run_id, summary))
         if isinstance(e, OSError):
-            raise ResultsWriteError(f"results_dir: writing to {state['path']} failed: {e.strerror or e}; earlier files are intact") from e
-        if summary is not None and (status == "pruned" or (not reraise and status == "failed" and isinstance(e, Exception))):
-            return state["run_id"], summary
+            path = folders[0].path if len(folders) == 1 else folders[0].path.parent
+            raise ResultsWriteError(f"results_dir: writing to {path} failed: {e.strerror or e}; earlier files are intact") from e
+        if all(s is not None for _, s in summaries) and not reraise and status == "failed" and isinstance(e, Exception):
+            return summaries
         raise
+    results_ = res if group else [res]
+    out = []
     try:
-        summary = finish(res.status, res.reason, res.records, res.epochs_completed, res.steps)
-        results.atomic_write(state["path"] / "model.pt", _to_bytes(res.model.state_dict()))
+        for f, r in zip(folders, results_):
+            summary = f.finish(r.status, r.reason, r.records, r.epochs_completed, r.steps, writer)
+            results.atomic_write(f.path / "model.pt", _to_bytes(r.model.state_dict()))
+            out.append((f.run_id, summary))
     except OSError as e:
-        raise ResultsWriteError(f"results_dir: writing to {state['path']} failed: {e.strerror or e}; earlier files are intact") from e
-    if on_finish is not None:
-        on_finish(res)
-    if res.status == "interrupted":
+        raise ResultsWriteError(f"results_dir: writing to {f.path} failed: {e.strerror or e}; earlier files are intact") from e
+    for f, r in zip(folders, results_):
+        if f.spec.on_finish is not None:
+            f.spec.on_finish(r)
+    if any(r.status == "interrupted" for r in results_):
         raise KeyboardInterrupt
-    return state["run_id"], summary
+    return out
+
+
+def _group_id() -> str:
+    """A vectorized group's id: the time it started and a random part (two groups never share one)."""
+    import secrets
+
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
