@@ -8,7 +8,9 @@ function: it claims the point, decides whether to skip, resume or start it, and 
 - `InProcess`: one point after another in this process;
 - `Pool`: `--jobs N`: this process and N-1 persistent worker processes, which import once, keep each
   data set loaded, and take the next point as soon as they are free;
-- later: vectorized groups and Slurm job arrays, which call `run_point` in the same way.
+- `Vectorized`: `--vectorize`: the points that can share one stacked model (dlexp/vectorize.py) train
+  as groups through `run_group`, which is `run_point` for several points at once;
+- later: Slurm job arrays, which call `run_point` in the same way.
 
 An executor is any object with `run(points, data, on_event) -> None`; it reports through
 `on_event(event)` with plain dicts (they cross process boundaries):
@@ -255,52 +257,171 @@ def run_point(point: Point, data: DataCache, *, jobs: int = 1, on_event: Callabl
     as `failed` and returned, not raised; Ctrl-C (KeyboardInterrupt) is raised after the run folder
     says `interrupted`.
     """
-    from dlexp.runner import execute
+    return run_group([point], data, jobs=jobs, on_event=on_event)[0]
 
-    results_dir = point.cfg.results_dir
+
+def run_group(points: list[Point], data: DataCache, *, jobs: int = 1, on_event: Callable[[dict], None] | None = None) -> list[Outcome]:
+    """`run_point` for several points that train as one vectorized group (dlexp.vectorize): each is
+    claimed and decided as `run_point` decides; those to train go through `runner.execute_group`
+    together, all fresh or all resumed from checkpoints of one epoch (points that started elsewhere
+    meanwhile train in their own batches). One point is `run_point`. Returns an Outcome per point."""
     emit = on_event or (lambda e: None)
-    claim = claims.try_claim(results_dir, point.key, {"label": point.label})
-    if claim is None:
-        return Outcome(point.index, None, {"status": "running", "reason": "claimed by another process"}, "busy", os.getpid())
+    outcomes: dict[int, Outcome] = {}
+    held: list[claims.Claim] = []
+    todo: list[tuple[Point, Path | None]] = []
     try:
-        resume_dir = None
-        if not point.fresh:
-            run_id = last_run(results_dir, point.key)
-            state, summary = run_state(results_dir, run_id)
-            if state == "done":
-                return Outcome(point.index, run_id, summary, "skipped", os.getpid())
-            if state in ("resume", "running"):  # running: a killed run whose heartbeat has not aged yet
-                if (Path(results_dir) / "runs" / run_id / "checkpoint.pt").is_file():
-                    resume_dir = Path(results_dir) / "runs" / run_id
-        set_threads(point.cfg, jobs)
-        splits = data.splits_of(point)
-        epochs = int(point.cfg.trainer.epochs)
-
-        def on_run_dir(run_id: str, first_epoch: int) -> None:
-            from dlexp.atomic import atomic_write
-
-            atomic_write(_record(results_dir, point.key), run_id + "\n")
-            emit({"kind": "start", "index": point.index, "run_id": run_id, "epochs": epochs, "first_epoch": first_epoch, "pid": os.getpid()})
-
-        def on_epoch(epoch: int, records) -> None:
-            emit({"kind": "epoch", "index": point.index, "epoch": epoch, "epochs": epochs, "pid": os.getpid()})
-
-        meta = {**point.meta, "point": point.key}
-        try:
-            run_id, summary = execute(point.cfg, splits, extra_meta=meta, extra_columns=point.columns, on_epoch=on_epoch,
-                                      resume_dir=resume_dir, reraise=False, on_run_dir=on_run_dir)
-        except Exception as e:
-            from dlexp.errors import ConfigError
-            from dlexp.runner import ResultsWriteError
-
-            if isinstance(e, (ConfigError, ResultsWriteError)):
-                raise  # bad input, or a results folder that can no longer be written: the study stops
-            # an exception before the run folder existed (the data, the model on this device)
-            return Outcome(point.index, None, {"status": "failed", "reason": f"{type(e).__name__}: {e}", "final": {},
-                                               "duration_s": 0.0}, "ran", os.getpid())
-        return Outcome(point.index, run_id, summary, "resumed" if resume_dir is not None else "ran", os.getpid())
+        for point in points:
+            results_dir = point.cfg.results_dir
+            claim = claims.try_claim(results_dir, point.key, {"label": point.label})
+            if claim is None:
+                outcomes[point.index] = Outcome(point.index, None, {"status": "running", "reason": "claimed by another process"},
+                                                "busy", os.getpid())
+                continue
+            held.append(claim)
+            resume_dir = None
+            if not point.fresh:
+                run_id = last_run(results_dir, point.key)
+                state, summary = run_state(results_dir, run_id)
+                if state == "done":
+                    outcomes[point.index] = Outcome(point.index, run_id, summary, "skipped", os.getpid())
+                    continue
+                if state in ("resume", "running"):  # running: a killed run whose heartbeat has not aged yet
+                    if (Path(results_dir) / "runs" / run_id / "checkpoint.pt").is_file():
+                        resume_dir = Path(results_dir) / "runs" / run_id
+            todo.append((point, resume_dir))
+        batches: dict[int, list[tuple[Point, Path | None]]] = {}
+        for point, resume_dir in todo:  # one batch per starting epoch: a stack starts from one place
+            batches.setdefault(start_epoch(resume_dir) if len(todo) > 1 else 0, []).append((point, resume_dir))
+        for batch in batches.values():
+            for (point, _), outcome in zip(batch, _train(batch, data, jobs, emit)):
+                outcomes[point.index] = outcome
     finally:
-        claim.release()
+        for claim in held:
+            claim.release()
+    return [outcomes[p.index] for p in points]
+
+
+def start_epoch(resume_dir: str | Path | None) -> int:
+    """The epoch a run resumes after (its checkpoint's), or 0 for a new run."""
+    if resume_dir is None:
+        return 0
+    import torch
+
+    try:  # mmap: the epoch without reading the weights
+        return int(torch.load(Path(resume_dir) / "checkpoint.pt", map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:
+        return -1  # unreadable: execute refuses it in one line, alone
+
+
+def _train(batch: list[tuple[Point, Path | None]], data: DataCache, jobs: int, emit: Callable[[dict], None]) -> list[Outcome]:
+    """Train claimed points (one, or a group) through the run-folder writer; the outcomes in order."""
+    from dlexp.runner import Member, execute, execute_group
+
+    set_threads(batch[0][0].cfg, jobs)
+    folds: dict[Any, Any] = {}  # each distinct data set or fold built once, shared by its members
+    for point, _ in batch:
+        if _data_key(point) not in folds:
+            folds[_data_key(point)] = data.splits_of(point)
+    members, splits = [], []
+    for point, resume_dir in batch:
+        splits.append(folds[_data_key(point)])
+        members.append(Member(extra_meta={**point.meta, "point": point.key}, extra_columns=point.columns,
+                              on_epoch=_epoch_event(point, emit), resume_dir=resume_dir, on_run_dir=_record_run(point, emit)))
+    try:
+        if len(batch) == 1:
+            m = members[0]
+            ran = [execute(batch[0][0].cfg, splits[0], extra_meta=m.extra_meta, extra_columns=m.extra_columns,
+                           on_epoch=m.on_epoch, resume_dir=m.resume_dir, reraise=False, on_run_dir=m.on_run_dir)]
+        else:
+            ran = execute_group([p.cfg for p, _ in batch], splits, members, reraise=False)
+    except Exception as e:
+        from dlexp.errors import ConfigError
+        from dlexp.runner import ResultsWriteError
+
+        if isinstance(e, (ConfigError, ResultsWriteError)):
+            raise  # bad input, or a results folder that can no longer be written: the study stops
+        # an exception before the run folder existed (the data, the model on this device)
+        return [Outcome(p.index, None, {"status": "failed", "reason": f"{type(e).__name__}: {e}", "final": {}, "duration_s": 0.0},
+                        "ran", os.getpid()) for p, _ in batch]
+    return [Outcome(p.index, run_id, summary, "resumed" if resume_dir is not None else "ran", os.getpid())
+            for (p, resume_dir), (run_id, summary) in zip(batch, ran)]
+
+
+def _data_key(point: Point) -> tuple:
+    """What a point's splits depend on: its data set's config, and its fold."""
+    from dlexp.config import to_yaml
+
+    return (to_yaml(point.cfg.dataset), *point.data[:3])
+
+
+def _record_run(point: Point, emit: Callable[[dict], None]) -> Callable[[str, int], None]:
+    """`on_run_dir` of a point: its last run recorded under its claim, and the `start` event."""
+    def on_run_dir(run_id: str, first_epoch: int) -> None:
+        from dlexp.atomic import atomic_write
+
+        atomic_write(_record(point.cfg.results_dir, point.key), run_id + "\n")
+        emit({"kind": "start", "index": point.index, "run_id": run_id, "epochs": int(point.cfg.trainer.epochs),
+              "first_epoch": first_epoch, "pid": os.getpid()})
+
+    return on_run_dir
+
+
+def _epoch_event(point: Point, emit: Callable[[dict], None]) -> Callable[[int, Any], None]:
+    def on_epoch(epoch: int, records) -> None:
+        emit({"kind": "epoch", "index": point.index, "epoch": epoch, "epochs": int(point.cfg.trainer.epochs), "pid": os.getpid()})
+
+    return on_epoch
+
+
+# ---- vectorized groups ---------------------------------------------------------------------------
+
+
+def vectorize_groups(points: list[Point], data: DataCache, max_members: int | None = None) -> tuple[list[list[Point]], dict[str, int]]:
+    """`points` cut into vectorized groups (dlexp.vectorize): points whose configs agree on what one
+    stacked model needs (`vectorize.group_key`, with the optimizer steps of an epoch) and that start
+    from the same place (new, or resumed after the same epoch), at most `max_members` each (default:
+    `vectorize.max_members`, from the free memory). A point that cannot be stacked, or for which
+    stacking does not pay (`vectorize.pays`), is a group of its own; the second value counts those by
+    reason, for the grouping line."""
+    import math
+
+    from dlexp import vectorize as vz
+    from dlexp.train import resolve_device
+
+    groups: list[list[Point]] = []
+    alone: dict[str, int] = {}
+    keyed: dict[tuple[str, int], list[Point]] = {}
+    for p in points:
+        why = vz.alone_reason(p.cfg)
+        if why is not None:
+            alone[why] = alone.get(why, 0) + 1
+            groups.append([p])
+            continue
+        steps = math.ceil(len(p.data[3]) / int(p.cfg.trainer.batch_size)) if p.data[0] == "fold" else None
+        resume = Path(p.cfg.results_dir) / "runs" / p.run_id if p.action == "resume" and p.run_id else None
+        keyed.setdefault((vz.group_key(p.cfg, steps), start_epoch(resume)), []).append(p)
+    for ps in keyed.values():
+        cfg = ps[0].cfg
+        splits = data.splits_of(ps[0])
+        device = resolve_device(cfg.trainer.device)
+        if len(ps) == 1:
+            why = "nothing to stack with"
+        elif not vz.pays(cfg, splits, device):
+            why = f"{cfg.model.name} on {cfg.dataset.name}: stacking does not pay on a CPU for a model this size"
+        else:
+            shared = all(p.data[0] == "holdout" for p in ps)
+            cap = max_members or vz.max_members(cfg, splits, device, shared)
+            why = None if cap > 1 else "too large to stack in the free memory"
+        if why is not None:
+            alone[why] = alone.get(why, 0) + len(ps)
+            groups += [[p] for p in ps]
+            continue
+        for chunk in vz.chunks(ps, cap):
+            if len(chunk) == 1:
+                alone["left over at the group size limit"] = alone.get("left over at the group size limit", 0) + 1
+            groups.append(chunk)
+    order = {p.index: i for i, p in enumerate(points)}
+    return sorted(groups, key=lambda g: order[g[0].index]), alone
 
 
 # ---- executors -----------------------------------------------------------------------------------
@@ -316,6 +437,23 @@ class InProcess:
         for p in points:
             outcome = run_point(p, data, jobs=self.jobs, on_event=on_event)
             on_event({"kind": "finish", "index": p.index, "outcome": outcome})
+
+
+class Vectorized:
+    """`--vectorize`: the points of each group (`vectorize_groups`) train as one stacked model in this
+    process (`run_group`), one group after another; a group of one is an ordinary run."""
+
+    def __init__(self, groups: list[list[Point]], jobs: int = 1):
+        self.groups, self.jobs = groups, jobs
+
+    def run(self, points: Iterable[Point], data: DataCache, on_event: Callable[[dict], None]) -> None:
+        wanted = {p.index for p in points}
+        for group in self.groups:
+            group = [p for p in group if p.index in wanted]
+            if not group:
+                continue
+            for p, outcome in zip(group, run_group(group, data, jobs=self.jobs, on_event=on_event)):
+                on_event({"kind": "finish", "index": p.index, "outcome": outcome})
 
 
 class Pool:

@@ -110,7 +110,7 @@ def group_key(cfg, steps_per_epoch: int | None = None) -> str:
 # member's step is small, and stops paying once one member's matrix products alone keep the cores busy.
 # Measured on this project's 2-core CPU: the digits MLP (64-256-10, batch 64: 1.2 M multiply-adds a
 # step) trains 2-5x faster stacked; the Fashion-MNIST MLP (784-256-10, batch 256: 52 M) 0.7-1.1x.
-CPU_MAX_STEP_WORK = 8_000_000  # multiply-adds of one member's forward pass of one batch
+CPU_MAX_STEP_WORK = 20_000_000  # multiply-adds of one member's forward pass of one batch
 
 
 def step_work(cfg, splits) -> int:
@@ -185,17 +185,18 @@ def chunks(items: list, size: int) -> list[list]:
 
 
 def grouping_line(groups: list[list[Any]], alone: dict[str, int]) -> str:
-    """'32 runs in 2 vectorized groups of 16' (with the runs that run alone, and why)."""
+    """'32 runs in 2 vectorized groups of 16' (and the runs that run alone, by reason). `groups` holds
+    every run, those alone as groups of one."""
     stacked = [g for g in groups if len(g) > 1]
-    n = sum(len(g) for g in groups) + sum(alone.values())
-    sizes = sorted({len(g) for g in stacked}, reverse=True)
+    n = sum(len(g) for g in groups)
+    runs = f"{n} run{'s' if n != 1 else ''}"
     if stacked:
-        of = " or ".join(str(s) for s in sizes)
-        line = f"{n} run{'s' if n != 1 else ''} in {len(stacked)} vectorized group{'s' if len(stacked) != 1 else ''} of {of}"
+        sizes = " or ".join(str(s) for s in sorted({len(g) for g in stacked}, reverse=True))
+        line = f"{runs} in {len(stacked)} vectorized group{'s' if len(stacked) != 1 else ''} of {sizes}"
     else:
-        line = f"{n} run{'s' if n != 1 else ''}, none vectorized"
+        line = f"{runs}, none vectorized"
     if alone:
-        line += "; alone: " + ", ".join(f"{k} run{'s' if k != 1 else ''} ({why})" for why, k in alone.items())
+        line += "; alone: " + ", ".join(f"{k} ({why})" for why, k in alone.items())
     return line
 
 
@@ -381,28 +382,49 @@ def member_losses(name: str, task: str) -> Callable[..., torch.Tensor]:
 
 
 class Rows:
-    """A split of every member: one tensor pair all share (a hold-out split) or each member's own rows
-    stacked (K-fold folds), padded to the longest with copies of its first row; `sizes[m]` is member
-    m's row count. `x`/`y` are what the loop gathers batches from: the shared tensors, or the stacked
-    ones viewed as (M * n_max, ...), whose member m's rows start at m * n_max (`offsets`)."""
+    """A split of every member: one tensor pair all share (a hold-out split), or the members' own
+    (K-fold folds; members of one fold share its pair). Distinct pairs are stacked, each padded to the
+    longest with copies of its first row: `stacked` is (D, n_max, ...) and member m's rows are those of
+    pair `which[m]`; `sizes[m]` is member m's row count. `x`/`y` are what the loop gathers batches
+    from: the shared tensors, or the stacked ones viewed as (D * n_max, ...), whose member m's rows
+    start at `offsets[m]`."""
 
     def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device):
+        self.device = device
         self.sizes = [int(p[0].shape[0]) for p in pairs]
         self.shared = all(p is pairs[0] for p in pairs)
         if self.shared:
             self.x, self.y = (t.to(device) for t in pairs[0])
-            self.offsets = None
             return
+        distinct: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.which = []
+        for p in pairs:
+            found = next((i for i, d in enumerate(distinct) if d is p), None)
+            if found is None:
+                distinct.append(p)
+                found = len(distinct) - 1
+            self.which.append(found)
         n = max(self.sizes)
-        xs = [torch.cat([x, x[:1].expand(n - len(x), *x.shape[1:])]) if len(x) < n else x for x, _ in pairs]
-        ys = [torch.cat([y, y[:1].expand(n - len(y), *y.shape[1:])]) if len(y) < n else y for _, y in pairs]
-        self.stacked = (torch.stack(xs).to(device), torch.stack(ys).to(device))  # (M, n_max, ...)
+
+        def padded(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, t[:1].expand(n - len(t), *t.shape[1:])]) if len(t) < n else t
+
+        self.stacked = tuple(torch.stack([padded(d[k]) for d in distinct]).to(device) for k in (0, 1))
+        self._views()
+
+    def _views(self) -> None:
+        n = self.stacked[0].shape[1]
         self.x, self.y = self.stacked[0].flatten(0, 1), self.stacked[1].flatten(0, 1)
-        self.offsets = torch.arange(len(pairs), device=device).unsqueeze(1) * n
+        self.index = torch.tensor(self.which, device=self.device)
+        self.offsets = self.index.unsqueeze(1) * n
 
     def eval_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """What an evaluation feeds the model: the shared tensors, or the stacked (M, n_max, ...) ones."""
-        return (self.x, self.y) if self.shared else self.stacked
+        """What an evaluation feeds the model: the shared tensors, or (M, n_max, ...) per member."""
+        if self.shared:
+            return self.x, self.y
+        if self.which == list(range(len(self.which))):
+            return self.stacked
+        return tuple(s.index_select(0, self.index) for s in self.stacked)
 
     def rows_at(self, start: int, width: int) -> list[int] | None:
         """Each member's valid rows among positions [start, start + width), or None if all are."""
@@ -410,13 +432,11 @@ class Rows:
             return None
         return [max(0, min(width, n - start)) for n in self.sizes]
 
-    def keep(self, idx: list[int], device: torch.device) -> None:
+    def keep(self, idx: list[int]) -> None:
         self.sizes = [self.sizes[i] for i in idx]
         if not self.shared:
-            t = torch.tensor(idx, device=device)
-            self.stacked = tuple(s.index_select(0, t) for s in self.stacked)
-            self.x, self.y = self.stacked[0].flatten(0, 1), self.stacked[1].flatten(0, 1)
-            self.offsets = torch.arange(len(idx), device=device).unsqueeze(1) * self.stacked[0].shape[1]
+            self.which = [self.which[i] for i in idx]
+            self._views()
 
 
 class GroupSchedule:
@@ -552,7 +572,7 @@ class Group:
             return perms[0]
         n = max(self.train_rows.sizes)
         perm = torch.stack([torch.cat([p, p.new_zeros(n - len(p))]) if len(p) < n else p for p in perms])
-        return perm + self.train_rows.offsets if self.train_rows.offsets is not None else perm
+        return perm if self.train_rows.shared else perm + self.train_rows.offsets
 
     def squared_norms(self, params: list[torch.Tensor]) -> torch.Tensor:
         """||w||^2 of each member's decaying weights, (M,): `train`'s loss-mode weight decay."""
@@ -581,9 +601,9 @@ class Group:
         self.weight_decay = self.weight_decay.index_select(0, idx)
         self.schedule.keep(positions)
         self.streams.keep(positions)
-        self.train_rows.keep(positions, self.device)
+        self.train_rows.keep(positions)
         for rows in self.evals.values():
-            rows.keep(positions, self.device)
+            rows.keep(positions)
         self.shuffles = [self.shuffles[i] for i in positions]
         self.alive = [self.alive[i] for i in positions]
 

@@ -53,3 +53,30 @@ def progress_bar(quiet: bool):
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=out, transient=False,
     )
+
+
+def check_vectorize(vectorize: bool, vectorize_max: int | None, jobs: int, study: bool, what: str) -> None:
+    """--vectorize and --vectorize-max: with a study, without --jobs, a group size of at least 1."""
+    from dlexp.errors import ConfigError
+
+    if vectorize_max is not None and not vectorize:
+        raise ConfigError("--vectorize-max: goes with --vectorize")
+    if vectorize_max is not None and vectorize_max < 1:
+        raise ConfigError(f"--vectorize-max: must be >= 1, got {vectorize_max}")
+    if vectorize and not study:
+        raise ConfigError(f"--vectorize: stacks the points of a study; it needs {what}")
+    if vectorize and jobs > 1:
+        raise ConfigError("--vectorize: trains its groups in this process; use it without --jobs")
+
+
+def grouped_executor(todo: list, data, vectorize: tuple[bool, int | None], jobs: int, quiet: bool):
+    """--vectorize: the points cut into vectorized groups, the grouping line printed first; else None."""
+    from dlexp import study
+    from dlexp.vectorize import grouping_line
+
+    if not vectorize[0]:
+        return None
+    groups, alone = study.vectorize_groups(todo, data, vectorize[1])
+    if not quiet and todo:
+        err.print(grouping_line(groups, alone), markup=False)
+    return study.Vectorized(groups, jobs)

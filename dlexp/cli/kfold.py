@@ -20,6 +20,8 @@ def kfold(
     refit: Annotated[bool, typer.Option("--refit", help="Retrain the best candidate on all training data; report its test metric once (house prices: write the Kaggle submission).")] = False,
     multirun: Annotated[bool, typer.Option("-m", "--multirun", help="Candidates from sweeps: optimizer.weight_decay=0,1e-4 model.dropout=0,0.5.")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Folds at once: this process and N-1 worker processes.")] = 1,
+    vectorize: Annotated[bool, typer.Option("--vectorize", help="Train the folds (and candidates) that can share one stacked model as groups (see README, Vectorized runs).")] = False,
+    vectorize_max: Annotated[Optional[int], typer.Option("--vectorize-max", help="With --vectorize: at most N runs a group (default: from the parameter count and the free memory).", show_default=False)] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="New runs for every fold, even those an earlier identical command finished.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fold assignment (shared by all candidates).")] = 0,
     study: Annotated[Optional[str], typer.Option("--study", help="Name of this study (default: kfold-<hash of its settings>, so the same command continues it).")] = None,
@@ -41,6 +43,9 @@ def kfold(
     with user_errors(debug):
         if jobs < 1:
             raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
+        from dlexp.cli.common import check_vectorize
+
+        check_vectorize(vectorize, vectorize_max, jobs, True, "")
         if not 0 <= seed < 2**32:  # scikit-learn's splitters take numpy's legacy seeds
             raise ConfigError(f"--seed: must be in [0, 2**32), got {seed}")
         if at not in ("final", "best"):
@@ -79,7 +84,7 @@ def kfold(
                       "config_dir": config_dir}
         study_dir, study = _study_dir(results_dir, study, definition)
         status = _run_study(grid, cfgs, source, fold_list, metric_name, direction, at, refit, jobs, study, study_dir, quiet,
-                            folds, repeats, seed, fresh, data)
+                            folds, repeats, seed, fresh, data, (vectorize, vectorize_max))
     raise typer.Exit(status)
 
 
@@ -113,7 +118,7 @@ def _study_dir(results_dir: str, study: Optional[str], definition: dict[str, Any
 
 
 def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs, study, study_dir, quiet, k, repeats, seed,
-               fresh, data) -> int:
+               fresh, data, vectorize=(False, None)) -> int:
     """The folds of every candidate as points of one study (dlexp.study), fold by fold: a rerun
     continues it, --jobs spreads it over worker processes; then the statistics over the fold scores."""
     import time
@@ -160,7 +165,10 @@ def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs
     todo = st.pending(points)
     display = StudyDisplay(f"kfold {study}", {p.index: p.label for p in todo}, {p.index: int(p.cfg.trainer.epochs) for p in todo},
                            quiet, on_finish=record)
-    executor = st.Pool(jobs) if jobs > 1 and len(todo) > 1 else st.InProcess(jobs)
+    from dlexp.cli.common import grouped_executor
+
+    executor = grouped_executor(todo, data, vectorize, jobs, quiet) or (
+        st.Pool(jobs) if jobs > 1 and len(todo) > 1 else st.InProcess(jobs))
     interrupted = False
     try:
         with display:

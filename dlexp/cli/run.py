@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from dlexp.cli.common import err, fail, out, progress_bar, user_errors
+from dlexp.cli.common import check_vectorize, err, fail, grouped_executor, out, progress_bar, user_errors
 
 
 def run(
@@ -20,6 +20,8 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="With -m: new runs for every point, even those an earlier identical command finished.")] = False,
     max_points: Annotated[int, typer.Option("--max-points", help="With -m: refuse a grid of more points than this.")] = 10000,
+    vectorize: Annotated[bool, typer.Option("--vectorize", help="With -m: train the points that can share one stacked model as groups (see README, Vectorized runs).")] = False,
+    vectorize_max: Annotated[Optional[int], typer.Option("--vectorize-max", help="With --vectorize: at most N runs a group (default: from the parameter count and the free memory).", show_default=False)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")] = False,
 ) -> None:
     """Train and evaluate: one run, or a grid with -m. Results go to results/runs/<run_id>/.
@@ -35,6 +37,7 @@ def run(
     with user_errors(debug):
         if jobs < 1:
             raise config.ConfigError(f"--jobs: must be >= 1, got {jobs}")
+        check_vectorize(vectorize, vectorize_max, jobs, multirun, "-m")
         if resume is not None:
             raise typer.Exit(_resume(resume, overrides, quiet))
         grid = config.expand(overrides, multirun, config_dir)
@@ -56,7 +59,7 @@ def run(
         if not multirun:
             status = _single(cfgs[0], quiet)
         else:
-            status = _grid(grid, cfgs, jobs, quiet, fresh)
+            status = _grid(grid, cfgs, jobs, quiet, fresh, (vectorize, vectorize_max))
     raise typer.Exit(status)
 
 
@@ -125,6 +128,9 @@ def _resume(resume: str, overrides: list[str], quiet: bool) -> int:
     cfg = config.load_run_config(run_dir / "config.yaml")
     from dlexp.study import DONE, read_summary
 
+    group = _check_resumable(run_dir)
+    if group is not None:
+        return _resume_group(run_dir, group, quiet)
     finished = (read_summary(run_dir) or {}).get("status") in DONE  # with checkpoint_every > 1 the last checkpoint is older
     done = load_checkpoint(run_dir)["epoch"]
     if finished or (done >= int(cfg.trainer.epochs) and (run_dir / "summary.json").is_file()):
@@ -147,6 +153,81 @@ def _resume(resume: str, overrides: list[str], quiet: bool) -> int:
         return 130
     _print_summary(cfg, run_id, summary)
     return _exit_code([summary["status"]])
+
+
+def _check_resumable(run_dir) -> dict | None:
+    """A K-fold fold is refused (its rows are the study's: its own command continues it); a member of
+    a vectorized group returns the group (meta.json's `group`), else None."""
+    import json
+
+    from dlexp import config
+
+    try:
+        info = json.loads((run_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    study = info.get("study") if isinstance(info, dict) and isinstance(info.get("study"), dict) else {}
+    if study.get("kind") == "kfold":
+        raise config.ConfigError(f"--resume: {run_dir.name} is a fold of K-fold study {study.get('name')}, whose rows only the study "
+                                 "knows; rerun its dlexp kfold command to continue it")
+    group = info.get("group") if isinstance(info, dict) else None
+    return group if isinstance(group, dict) and isinstance(group.get("runs"), list) and len(group["runs"]) > 1 else None
+
+
+def _resume_group(run_dir, group: dict, quiet: bool) -> int:
+    """--resume of a member of a vectorized group: every member that did not finish continues, together,
+    from its checkpoint (members whose last checkpoints are of different epochs, in one batch each)."""
+    from dlexp import config
+    from dlexp.data import load_splits
+    from dlexp.runner import Member, execute_group
+    from dlexp.study import DONE, read_summary, set_threads, start_epoch
+
+    runs = run_dir.parent
+    todo, finished, lost = [], [], []
+    for r in group["runs"]:
+        d = runs / str(r)
+        if (read_summary(d) or {}).get("status") in DONE:
+            finished.append(d)
+        elif (d / "checkpoint.pt").is_file():
+            todo.append(d)
+        else:
+            lost.append(d)
+    if not todo:
+        out.print(f"group {group.get('id')}: no member left to resume ({len(finished)} finished"
+                  + (f", {len(lost)} without a checkpoint" if lost else "") + ")", markup=False)
+        return 0
+    err.print(f"resuming group {group.get('id')}: {len(todo)} of {len(group['runs'])} members ({len(finished)} finished"
+              + (f"; {len(lost)} without a checkpoint cannot" if lost else "") + ")", markup=False)
+    batches: dict[int, list] = {}
+    for d in todo:
+        batches.setdefault(start_epoch(d), []).append(d)
+    ended, splits = [], {}
+    try:
+        for epoch, dirs in sorted(batches.items()):
+            cfgs = [config.load_run_config(d / "config.yaml") for d in dirs]
+            for c in cfgs:
+                key = config.to_yaml(c.dataset)
+                if key not in splits:
+                    splits[key] = load_splits(c.dataset)
+            err.print(f"  {len(dirs)} member(s) after epoch {epoch} of {cfgs[0].trainer.epochs}", markup=False)
+            set_threads(cfgs[0])
+            ended += execute_group(cfgs, [splits[config.to_yaml(c.dataset)] for c in cfgs], [Member(resume_dir=d) for d in dirs],
+                                   group=len(dirs) > 1)  # one member left: an ordinary resume
+    except KeyboardInterrupt:
+        err.print("interrupted: the members are marked 'interrupted' and their metrics so far are kept")
+        return 130
+    from rich.table import Table
+
+    table = Table(title=f"group {group.get('id')}: {len(ended)} member(s) resumed")
+    for col in ("run", "status", "epochs", "val", "test"):
+        table.add_column(col)
+    for run_id, summary in ended:
+        final = summary.get("final") or {}
+        main = "acc" if any(k.endswith("/acc") for k in final) else "rmse"
+        fmt = lambda k: f"{final[k]:.4f}" if isinstance(final.get(k), (int, float)) else ""
+        table.add_row(run_id or "-", str(summary.get("status")), str(summary.get("epochs_completed")), fmt(f"val/{main}"), fmt(f"test/{main}"))
+    out.print(table)
+    return _exit_code([summary.get("status") for _, summary in ended])
 
 
 def _exit_code(statuses: list[str]) -> int:
@@ -196,7 +277,7 @@ def _print_summary(cfg, run_id: str, summary: dict[str, Any]) -> None:
     out.print(f"results: {os.path.join(cfg.results_dir, 'runs', run_id)}", markup=False)
 
 
-def _grid(grid: list[list[str]], cfgs: list, jobs: int, quiet: bool, fresh: bool) -> int:
+def _grid(grid: list[list[str]], cfgs: list, jobs: int, quiet: bool, fresh: bool, vectorize=(False, None)) -> int:
     """A grid as a study (dlexp.study): planned against what earlier identical commands left, run in
     this process or with --jobs workers, shown live, then one table."""
     import sys
@@ -225,8 +306,9 @@ def _grid(grid: list[list[str]], cfgs: list, jobs: int, quiet: bool, fresh: bool
     outcomes: dict[int, study.Outcome] = {p.index: study.load_outcome(p.cfg.results_dir, p) for p in points if p.action == "done"}
     display = StudyDisplay(f"grid {grid_id}", {p.index: p.label for p in todo}, {p.index: int(p.cfg.trainer.epochs) for p in todo},
                            quiet, on_finish=lambda o: outcomes.__setitem__(o.index, o))
-    executor = study.Pool(jobs) if jobs > 1 and len(todo) > 1 else study.InProcess(jobs)
     data = study.DataCache()
+    executor = grouped_executor(todo, data, vectorize, jobs, quiet) or (
+        study.Pool(jobs) if jobs > 1 and len(todo) > 1 else study.InProcess(jobs))
     interrupted = False
     try:
         with display:
