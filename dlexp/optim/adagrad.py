@@ -127,7 +127,9 @@ def _fused_adagrad(params, grads, state_sums, steps, *, lr, lr_decay, weight_dec
         g = -g if maximize else g
         if has_weight_decay:
             g = g + weight_decay * p
-        clr = lr / (1 + (step - 1) * lr_decay)
+        # in float64 from the (float32) step, then rounded to the param's dtype: what the eager
+        # rule's Python float does (a 1-element tensor would otherwise promote the update)
+        clr = (lr / (1 + (step.to(torch.float64) - 1) * lr_decay)).to(p.dtype)
         state_sum.addcmul_(g, g)
         p.sub_(clr * (g / (state_sum.sqrt() + eps)))
 

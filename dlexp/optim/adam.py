@@ -170,8 +170,9 @@ def _fused_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *,
         if amsgrad:
             max_exp_avg_sqs[i].copy_(torch.maximum(max_exp_avg_sqs[i], exp_avg_sq))
             exp_avg_sq = max_exp_avg_sqs[i]
-        denom = exp_avg_sq.sqrt() / bias_correction2_sqrts[i] + eps
-        p.sub_(step_sizes[i] * (exp_avg / denom))
+        # the scalars rounded to the param's dtype, as the eager rule's Python floats are
+        denom = exp_avg_sq.sqrt() / bias_correction2_sqrts[i].to(p.dtype) + eps
+        p.sub_(step_sizes[i].to(p.dtype) * (exp_avg / denom))
     return step_sizes, bias_correction2_sqrts
 
 

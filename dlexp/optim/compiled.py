@@ -89,5 +89,9 @@ def run_compiled(kernel: Callable, flags: dict[str, Any], lists: tuple[list[Tens
     key = (kernel.__module__, kernel.__qualname__, params[0].device.type, params[0].dtype,
            tuple(sorted(flags.items())))  # fmt: skip
     fn = _compiled_kernel(kernel, key)
+    # a 0-dim tensor goes in as a 1-element view of itself: torch 2.13's inductor does not write
+    # back in-place updates of a 0-dim float64 CPU input (a 0-dim float64 param, or a float64 step
+    # counter, stayed unchanged); the view shares its storage, so the update lands
+    lists = tuple([t.view(1) if t.dim() == 0 else t for t in seq] for seq in lists)
     with torch.no_grad():
         return fn(*lists, **{k: scalar(v, params[0]) for k, v in scalars.items()}, **flags)
