@@ -161,6 +161,9 @@ def test_check_optimizers_command_runs_and_lists_every_optimizer() -> None:
     assert result.exit_code == 0, result.output
     for name in OPTIMIZERS:
         assert name in result.output
+    # the one-line summary at the end (issue 19)
+    n = 2 * len(CASES)
+    assert result.output.strip().splitlines()[-1].startswith(f"{n} of {n} cases match torch.optim (")
 
 
 def test_check_optimizers_command_refuses_bad_input() -> None:

@@ -163,4 +163,4 @@ def load_splits(dataset_cfg: Any) -> Splits:
 
 
 # Loaders. Each module registers its rows on import.
-from dlexp.data import airfoil, builtin, house_prices, mnist, tabular  # noqa: E402,F401
+from dlexp.data import airfoil, builtin, house_prices, mnist, sparse_features, tabular  # noqa: E402,F401

@@ -75,9 +75,10 @@ def adagrad(
     if grad.is_sparse:
         grad = grad.coalesce()  # one value per row: the update is not linear in the gradient
         indices, values = grad._indices(), grad._values()
-        state_sum.add_(torch.sparse_coo_tensor(indices, values.pow(2), grad.size()))  # s_t, seen rows
+        # (the indices are the coalesced gradient's own: no invariant check needed)
+        state_sum.add_(torch.sparse_coo_tensor(indices, values.pow(2), grad.size(), check_invariants=False))  # s_t, seen rows
         std_values = state_sum.sparse_mask(grad)._values().sqrt_().add_(eps)
-        param.add_(torch.sparse_coo_tensor(indices, values / std_values, grad.size()), alpha=-clr)
+        param.add_(torch.sparse_coo_tensor(indices, values / std_values, grad.size(), check_invariants=False), alpha=-clr)
         return
     if torch.is_complex(param):
         param, grad, state_sum = torch.view_as_real(param), torch.view_as_real(grad), torch.view_as_real(state_sum)
