@@ -58,7 +58,7 @@ def check_fused_params(params: list[Tensor]) -> None:
     """torch's fused optimizers take floating point params on their devices only, with this message
     (complex params included: torch's fused kernels do not take them)."""
     for p in params:
-        if torch.is_floating_point(p) and p.device.type == "cpu":
+        if p.is_cpu and torch.is_floating_point(p):
             continue  # the usual case, without building torch's device list each step
         devices = _fused_devices()
         if not (torch.is_floating_point(p) and p.device.type in devices):
@@ -68,16 +68,17 @@ def check_fused_params(params: list[Tensor]) -> None:
             )
 
 
-def scalar(value: float | Tensor, like: Tensor) -> Tensor:
-    """A hyperparameter as a 0-dim float64 tensor on `like`'s device (a tensor lr keeps its dtype)."""
+def scalar(name: str, value: float | Tensor, like: Tensor) -> Tensor:
+    """Hyperparameter `name` as a 0-dim float64 tensor on `like`'s device (a tensor lr keeps its dtype)."""
     if isinstance(value, Tensor):
         return value.to(device=like.device)
-    return _scalar_tensor(float(value), like.device)
+    return _scalar_tensor(name, float(value), like.device)
 
 
 @functools.lru_cache(maxsize=256)
-def _scalar_tensor(value: float, device: torch.device) -> Tensor:
-    # cached: a step reuses the tensors of the last steps (kernels never write into them)
+def _scalar_tensor(name: str, value: float, device: torch.device) -> Tensor:
+    # cached: a step reuses the tensors of the last steps (kernels never write into them); one per
+    # name, since two inputs that are one tensor (lr == weight_decay) are an alias that dynamo guards
     return torch.tensor(value, dtype=torch.float64, device=device)
 
 
@@ -86,12 +87,13 @@ def run_compiled(kernel: Callable, flags: dict[str, Any], lists: tuple[list[Tens
     """Run the compiled `kernel(*lists, **scalars_as_tensors, **flags)` on one (device, dtype)
     bucket of tensors; `flags` (bools and other structure) select the graph."""
     params = lists[0]
-    key = (kernel.__module__, kernel.__qualname__, params[0].device.type, params[0].dtype,
-           tuple(sorted(flags.items())))  # fmt: skip
+    key = (kernel, params[0].device, params[0].dtype, *flags.values())  # callers pass flags in a fixed order
     fn = _compiled_kernel(kernel, key)
-    # a 0-dim tensor goes in as a 1-element view of itself: torch 2.13's inductor does not write
-    # back in-place updates of a 0-dim float64 CPU input (a 0-dim float64 param, or a float64 step
-    # counter, stayed unchanged); the view shares its storage, so the update lands
-    lists = tuple([t.view(1) if t.dim() == 0 else t for t in seq] for seq in lists)
+    # a 0-dim float64 tensor goes in as a 1-element view of itself: torch 2.13's inductor does not
+    # write back in-place updates of a 0-dim float64 CPU input (a 0-dim float64 param, or a float64
+    # step counter, stayed unchanged); the view shares its storage, so the update lands. Only those:
+    # a view input costs AOTAutograd's slower path for mutated views (0.25 ms a step on d2l's MLP)
+    if any(t.dim() == 0 and t.dtype == torch.float64 for seq in lists for t in seq):
+        lists = tuple([t.view(1) if t.dim() == 0 and t.dtype == torch.float64 else t for t in seq] for seq in lists)
     with torch.no_grad():
-        return fn(*lists, **{k: scalar(v, params[0]) for k, v in scalars.items()}, **flags)
+        return fn(*lists, **{k: scalar(k, v, params[0]) for k, v in scalars.items()}, **flags)
