@@ -93,7 +93,8 @@ def run_compiled(kernel: Callable, flags: dict[str, Any], lists: tuple[list[Tens
     # write back in-place updates of a 0-dim float64 CPU input (a 0-dim float64 param, or a float64
     # step counter, stayed unchanged); the view shares its storage, so the update lands. Only those:
     # a view input costs AOTAutograd's slower path for mutated views (0.25 ms a step on d2l's MLP)
-    if any(t.dim() == 0 and t.dtype == torch.float64 for seq in lists for t in seq):
+    maybe = params[0].dtype == torch.float64 or torch.get_default_dtype() == torch.float64  # steps follow it
+    if maybe and any(t.dim() == 0 and t.dtype == torch.float64 for seq in lists for t in seq):
         lists = tuple([t.view(1) if t.dim() == 0 and t.dtype == torch.float64 else t for t in seq] for seq in lists)
     with torch.no_grad():
         return fn(*lists, **{k: scalar(k, v, params[0]) for k, v in scalars.items()}, **flags)
