@@ -37,9 +37,9 @@ SUITE_DTYPES = (torch.float32, torch.float64, torch.complex64)
 # fused=True is compiled code against torch's hand-written kernels (largest seen: 1.9e-7 in float32,
 # 3e-16 in float64), the differentiable Adam folds lr differently (2.4e-7 in float32).
 TOLERANCES = {torch.float32: 1e-5, torch.complex64: 1e-5, torch.float64: 1e-10}
-# torch's test_rosenbrock_sparse runs 1800 steps; parity is checked every 50, and 300 steps are
-# enough to show the sparse and the dense gradient agree and the optimum gets closer
-ROSENBROCK_STEPS = 300
+# torch's test_rosenbrock_sparse runs 1800 steps (AdaGrad at lr 0.1 needs them to get closer to the
+# optimum than it started); parity is checked every 100 steps
+ROSENBROCK_STEPS = 1800
 STEPS = 7  # torch's _compare_between: 7 iterations, a no-grad step at 2, a frozen layer at 3 and 4
 
 
@@ -68,8 +68,12 @@ def load_optim_db() -> types.ModuleType:
         stub.TestCase = type("TestCase", (unittest.TestCase,), {})
         stub.ACCEPT = False
         sys.modules["expecttest"] = stub
+    frozen = torch.backends.flags_frozen()
     from torch.testing._internal import common_optimizers
 
+    if not frozen:  # torch's test utilities freeze torch.backends' global flags when imported;
+        # unfreeze them, or a later run in this process could not set cudnn.benchmark (seed_everything)
+        torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
     return common_optimizers
 
 
@@ -680,7 +684,7 @@ def rosenbrock_sparse(co, name: str, kwargs: dict, with_lrsched: bool) -> float:
             opt.step()
             for s in scheds:
                 s.step(_rosenbrock(params[0]).item()) if isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau) else s.step()
-        if i % 50 == 0 or i == ROSENBROCK_STEPS - 1:
+        if i % 100 == 0 or i == ROSENBROCK_STEPS - 1:
             (ot, pt, _, _), (od, pd, _, _), (_, pdense, _, _) = runs.values()
             worst = max(worst, _state_diff(ot, od, pt, pd))
             if max((a - b).abs().max().item() for a, b in zip(pd, pdense)) > 5e-6 + 5e-6 * 1.5:
@@ -749,7 +753,9 @@ def behaviour_rows(co: types.ModuleType, name: str, fused: bool = True) -> list[
     if info.supports_sparse:
         kwarg_updates = info.metadata_for_sparse[0]
         seen = set()
-        for _, sample_kwargs in samples(co, name, torch.float64, impls=("foreach",)):
+        # the samples as given (foreach variants left out: a sparse gradient runs the per-tensor
+        # rule in dlexp and the for-loop in torch whatever foreach says)
+        for _, sample_kwargs in samples(co, name, torch.float64, impls=()):
             kw = {k: v for k, v in sample_kwargs.items() if k not in kwarg_updates}
             key = tuple(sorted((k, repr(v)) for k, v in kw.items()))
             if not kw or key in seen:
