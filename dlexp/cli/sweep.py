@@ -75,7 +75,7 @@ def sweep(
                                      no_wait=no_wait, workers=workers)
             plan = _plan(overrides, trials=trials, timeout=timeout, sampler=sampler, pruner=pruner, metric=metric,
                          direction=direction, jobs=jobs, seed=seed, cv=cv, storage=storage, study=study,
-                         heartbeat=heartbeat, config_dir=config_dir, debug=debug, slurm=slurm, workers=workers or 1,
+                         heartbeat=heartbeat, config_dir=config_dir, debug=debug, slurm=slurm, workers=1 if workers is None else workers,
                          no_wait=no_wait, worker_index=worker_index)
         except ConfigError as e:
             raise ConfigError(sw.mask(str(e), storage)) from None

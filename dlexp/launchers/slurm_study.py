@@ -90,12 +90,15 @@ def run_item(item: dict[str, Any]) -> dict[str, Any]:
     point = study.from_wire(item["point"])
     # meta.json names the job and its log, for `dlexp status`
     point.meta = {**point.meta, "slurm": {"job_id": env.job_id, "log": str(folder / f"{env.job_id}_{env.global_rank}_log.err")}}
+    progress = folder / f"item-{item['slot']}.progress"
+    if point.fresh and read_progress(progress) is not None:
+        point.fresh = False  # a requeued job (time limit, preemption): resume the run --fresh started, not a new one
     if _DATA is None:
         _DATA = study.DataCache()
     saved = sys.argv
     sys.argv = list(item["command"])  # meta.json records the command that continues the study
     try:
-        outcome = study.run_point(point, _DATA, jobs=1, on_event=_Progress(folder / f"item-{item['slot']}.progress"))
+        outcome = study.run_point(point, _DATA, jobs=1, on_event=_Progress(progress))
     finally:
         sys.argv = saved
     return dataclasses.asdict(outcome)
@@ -199,7 +202,7 @@ class SlurmArray:
         watched = self._attach(points)  # (array, slot) -> point: queued by an earlier command
         attached = {p.key for p in watched.values()}
         earlier = sorted({array_id for array_id, _ in watched})
-        new = [p for p in points if p.key not in attached]
+        new = self._still_to_run([p for p in points if p.key not in attached], on_event)
         if new:
             cwd, cmd = os.getcwd(), command()
             items = [{"slot": i, "point": study.to_wire(p), "cwd": cwd, "command": cmd} for i, p in enumerate(new)]
@@ -223,6 +226,24 @@ class SlurmArray:
                       "command again submits only what these jobs leave unfinished, and without --no-wait waits for them")
             return
         self._watch(watched, on_event)
+
+    def _still_to_run(self, points: list[study.Point], on_event: Callable[[dict], None]) -> list[study.Point]:
+        """The plan again, just before submitting: a job of an earlier command may have finished or
+        taken a point since this command made its plan (jobs would only skip it, but a job start
+        costs seconds in the queue)."""
+        out = []
+        for p in points:
+            results_dir = p.cfg.results_dir
+            run_id = None if p.fresh else study.last_run(results_dir, p.key)
+            state, summary = study.run_state(results_dir, run_id, p.key) if run_id else ("run", None)
+            if state == "done":
+                on_event({"kind": "finish", "index": p.index, "outcome": study.Outcome(p.index, run_id, summary, "skipped")})
+            elif state == "running":
+                on_event({"kind": "finish", "index": p.index, "outcome": study.Outcome(
+                    p.index, None, {"status": "running", "reason": "claimed by another process"}, "busy")})
+            else:
+                out.append(p)
+        return out
 
     def _attach(self, points: list[study.Point]) -> dict[tuple[str, int], study.Point]:
         """The points still queued (or running) in live jobs of earlier submissions of this study."""
