@@ -390,6 +390,15 @@ def job_summary(array: dict[str, Any]) -> str:
 # ---- sweeps ---------------------------------------------------------------------------------------
 
 
+def _last_error(log: Path | None) -> str | None:
+    """The last `error: ...` line a job printed (dlexp's one-line errors go to its log)."""
+    try:
+        lines = Path(log).read_text(errors="replace").splitlines() if log else []
+    except OSError:
+        return None
+    return next((line for line in reversed(lines) if line.startswith("error: ")), None)
+
+
 class SlurmWorkers:
     """`dlexp sweep --launcher slurm --workers N`: N Slurm jobs, each a `dlexp sweep` worker
     (`sweep_worker`) on the one shared study, which stops them at exactly --trials finished trials.
@@ -453,7 +462,9 @@ class SlurmWorkers:
                             continue
                         reasons.append(r.status)
                         if r.status != "interrupted":
-                            self.echo(f"slurm: sweep worker {r.job_id} {r.status}: {r.error} (job log: {r.log})")
+                            said = _last_error(r.log)  # dlexp's own one line, as the worker printed it
+                            self.echo(f"slurm: sweep worker {r.job_id} {r.status}: {r.error}" + (f": {said}" if said else "")
+                                      + f" (job log: {r.log})")
                 if len(settled) < len(watched):
                     time.sleep(self.options.poll_s)
         except KeyboardInterrupt:
