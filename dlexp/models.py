@@ -1,5 +1,5 @@
 """Models of the d2l chapters: softmax regression, linear regression, MLP with per-layer dropout, LeNet,
-and the point of a 2-D objective (d2l 12.3-12.8).
+the point of a 2-D objective (d2l 12.3-12.8) and a linear model over sparse feature ids (12.7).
 
 Input and output sizes come from the data (`Splits.sample_shape`, `Splits.num_outputs`);
 `build_model(model_cfg, sample_shape, num_outputs)` is the registry entry point.
@@ -143,9 +143,45 @@ def point(sample_shape, num_outputs, cfg) -> nn.Module:
     return Point([float(v) for v in init])
 
 
+class SparseLinear(nn.Module):
+    """Linear regression over bags of feature ids (d2l 12.7's sparse features): the output is the sum
+    of the weights of the sample's features, plus a bias. With `sparse=True` the gradient of the
+    weights is a sparse tensor holding only the rows of the features in the batch."""
+
+    def __init__(self, num_features: int, num_outputs: int, sparse: bool):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(num_features, num_outputs, mode="sum", sparse=sparse)
+        self.bias = nn.Parameter(torch.zeros(num_outputs))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids: (batch, features_per_sample) int64
+        return self.bag(ids) + self.bias
+
+
+def sparse_linear(sample_shape, num_outputs, cfg) -> nn.Module:
+    """`SparseLinear` for `dataset=sparse_features` (`model.num_features` is the data set's)."""
+    num_features = cfg.get("num_features")
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+        raise ConfigError(f"model.num_features: expected the number of feature ids (an integer >= 1), got {num_features!r}")
+    if len(sample_shape) != 1:
+        raise ConfigError(f"model=sparse_linear: needs bags of feature ids (dataset=sparse_features), got samples of shape {tuple(sample_shape)}")
+    sparse = cfg.get("sparse", True)
+    if not isinstance(sparse, bool):
+        raise ConfigError(f"model.sparse: expected true or false, got {sparse!r}")
+    return SparseLinear(num_features, num_outputs, sparse)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "softmax": softmax, "linear": linear, "mlp": mlp, "lenet": lenet, "point": point,
+    "softmax": softmax, "linear": linear, "mlp": mlp, "lenet": lenet, "point": point, "sparse_linear": sparse_linear,
 }
+
+
+def check_inputs(model_cfg, x: torch.Tensor) -> None:
+    """Feature ids (integers) go to `sparse_linear`, which takes nothing else."""
+    ids = not torch.is_floating_point(x)
+    if ids and model_cfg.name != "sparse_linear":
+        raise ConfigError(f"model={model_cfg.name}: the data set's samples are feature ids; use model=sparse_linear")
+    if not ids and model_cfg.name == "sparse_linear":
+        raise ConfigError("model=sparse_linear: needs feature ids (dataset=sparse_features), got real-valued features")
 
 
 def init_weights(model: nn.Module, init: str, std: float) -> None:
@@ -154,12 +190,12 @@ def init_weights(model: nn.Module, init: str, std: float) -> None:
     if init == "default":
         return
     for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.EmbeddingBag)):
             if init == "normal":
                 nn.init.normal_(m.weight, mean=0.0, std=std)
             else:
                 nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
+            if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
 

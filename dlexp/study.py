@@ -8,9 +8,10 @@ function: it claims the point, decides whether to skip, resume or start it, and 
 - `InProcess`: one point after another in this process;
 - `Pool`: `--jobs N`: this process and N-1 persistent worker processes, which import once, keep each
   data set loaded, and take the next point as soon as they are free;
+- `dlexp.launchers.slurm_study.SlurmArray`: `--launcher slurm`: one Slurm job array, each job
+  calling `run_point` on its points (and reporting the same events through files it writes);
 - `Vectorized`: `--vectorize`: the points that can share one stacked model (dlexp/vectorize.py) train
-  as groups through `run_group`, which is `run_point` for several points at once;
-- later: Slurm job arrays, which call `run_point` in the same way.
+  as groups through `run_group`, which is `run_point` for several points at once.
 
 An executor is any object with `run(points, data, on_event) -> None`; it reports through
 `on_event(event)` with plain dicts (they cross process boundaries):
@@ -654,6 +655,9 @@ def survey(results_dir: str | Path) -> list[dict[str, Any]]:
                 g["done_keys"].add(key)
         if status in ("interrupted", "failed", "killed"):
             g["unfinished"].append((d.name, status, (d / "checkpoint.pt").is_file()))
+            slurm = meta.get("slurm") if isinstance(meta.get("slurm"), dict) else {}
+            if slurm.get("log"):  # run in a Slurm job: its log says what the job saw
+                g.setdefault("logs", {})[d.name] = str(slurm["log"])
         if isinstance(meta.get("command"), list) and str(meta.get("started", "")) >= g["started"]:
             g["command"], g["started"] = meta["command"], str(meta.get("started", ""))
     done_anywhere = set().union(*(g["done_keys"] for g in groups.values()))  # two grids may share points

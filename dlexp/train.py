@@ -32,8 +32,8 @@ from torch import nn
 from dlexp.config import checkpoint_schedule
 from dlexp.data import CLASSIFICATION, OBJECTIVE, REGRESSION, Splits
 from dlexp.errors import ConfigError
-from dlexp.models import build_model
-from dlexp.optim import OPTIMIZERS
+from dlexp.models import build_model, check_inputs
+from dlexp.optim import OPTIMIZERS, check_sparse_gradients
 from dlexp.schedules import make_schedule
 
 
@@ -96,8 +96,11 @@ def build_optimizer(opt_cfg, groups: list[dict[str, Any]]) -> torch.optim.Optimi
     for key in spec.hparams:
         if key == "weight_decay" or key not in opt_cfg:
             continue  # weight decay is set per group (see param_groups and weight_decay_mode)
+        if key == "fused" and not opt_cfg[key]:
+            continue  # torch's RMSprop and Adadelta have no fused argument: passed only when asked for
         value = opt_cfg[key]
-        kwargs[key] = tuple(value) if key == "betas" else value
+        # betas as floats: torch refuses a pair mixing an int and a float (betas=[0,0.999])
+        kwargs[key] = tuple(float(v) for v in value) if key == "betas" else value
     try:
         return cls(groups, **kwargs)
     except (ValueError, TypeError, IndexError) as e:
@@ -107,7 +110,9 @@ def build_optimizer(opt_cfg, groups: list[dict[str, Any]]) -> torch.optim.Optimi
 def build(cfg, splits: Splits, device: torch.device) -> tuple[nn.Module, list[torch.Tensor], torch.optim.Optimizer, Any]:
     """`cfg`'s model (on `device`), the parameters that decay, the optimizer and the schedule for
     `splits`: what `train` runs with."""
+    check_inputs(cfg.model, splits.train[0])
     model = build_model(cfg.model, splits.sample_shape, splits.num_outputs).to(device)  # before the optimizer's state
+    check_sparse_gradients(model, cfg.optimizer)
     opt_cfg = cfg.optimizer
     # coupled: the optimizer's own weight_decay (torch's meaning); decoupled and loss: done by train, so
     # the optimizer sees weight_decay = 0 and the decay group is handled explicitly there

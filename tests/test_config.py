@@ -16,8 +16,12 @@ from conftest import CONF, conf_choices
 from dlexp.config import compose, expand
 from dlexp.errors import ConfigError
 
-# a model needs data of its shape: lenet takes 1x28x28 images, point an objective; every other model takes any features
-MODEL_DATASET = {"lenet": "fashion_mnist", "point": "objective"}
+# a model needs data of its shape: lenet takes 1x28x28 images, point an objective, sparse_linear
+# feature ids; every other model takes any real features (and so the sparse_features data set goes
+# with sparse_linear)
+MODEL_DATASET = {"lenet": "fashion_mnist", "point": "objective", "sparse_linear": "sparse_features"}
+# sparse_linear's sparse gradients need sgd or adagrad: model.sparse=false lets Adam train it too
+DATASET_MODEL = {"sparse_features": ["model=sparse_linear", "model.sparse=false"]}
 IMAGE_LIMITS = ["dataset.num_train=2048", "dataset.num_test=512", "trainer.batch_size=1024"]
 
 
@@ -67,7 +71,7 @@ def test_every_model_composes_and_trains(model, make_cfg, data_env, tmp_path):
 def test_every_dataset_composes_and_trains(dataset, make_cfg, data_env, tmp_path):
     # Adam: its step is bounded by lr whatever the target's scale (SGD at lr 0.1 overflows at once on
     # house_prices' raw SalePrice targets, ~1e5, which is a finding about lr, not about the dataset)
-    cfg = make_cfg("optimizer=adam", *dataset_overrides(dataset, tmp_path))
+    cfg = make_cfg("optimizer=adam", *DATASET_MODEL.get(dataset, []), *dataset_overrides(dataset, tmp_path))
     assert cfg.dataset.name == dataset
     train_a_few_steps(cfg)
 

@@ -48,6 +48,7 @@ DATASETS = {  # every dataset except csv (it needs a user's file), shrunk where 
     "digits": [], "synthetic": [], "synthetic_wd": [], "airfoil": [], "house_prices": [],
     "fashion_mnist": ["dataset.num_train=2048", "dataset.num_test=512"],
     "mnist": ["dataset.num_train=2048", "dataset.num_test=512"],
+    "sparse_features": ["model=sparse_linear", "optimizer=adagrad", "dataset.num_train=2048"],
 }
 
 

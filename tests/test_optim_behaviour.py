@@ -28,8 +28,11 @@ def _one_thread():
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_signature_is_torchs(name: str) -> None:
     spec = OPTIMIZERS[name]
-    ours = inspect.signature(spec.cls).parameters
+    ours = dict(inspect.signature(spec.cls).parameters)
     theirs = inspect.signature(spec.torch_cls).parameters
+    if "fused" not in theirs:  # torch has no fused RMSprop or Adadelta; dlexp adds its compiled path
+        extra = ours.pop("fused")
+        assert extra.kind == inspect.Parameter.KEYWORD_ONLY and extra.default is None
     assert list(ours) == list(theirs)
     for arg, p in theirs.items():
         assert ours[arg].default == p.default, arg
@@ -105,10 +108,9 @@ def test_invalid_arguments_raise_torchs_value_error(cls, kwargs, message) -> Non
 
 def test_unimplemented_torch_flags_are_refused_not_ignored() -> None:
     params = [torch.zeros(2, requires_grad=True)]
-    with pytest.raises(NotImplementedError, match="fused=True"):
-        Adam(params, fused=True)
-    with pytest.raises(NotImplementedError, match="capturable=True"):
-        RMSprop(params, capturable=True)
+    for cls in (RMSprop, Adadelta, Adam, AdamW):
+        with pytest.raises(NotImplementedError, match="capturable=True"):
+            cls(params, capturable=True)
 
 
 DYNAMO_PROBE = """
@@ -159,6 +161,9 @@ def test_check_optimizers_command_runs_and_lists_every_optimizer() -> None:
     assert result.exit_code == 0, result.output
     for name in OPTIMIZERS:
         assert name in result.output
+    # the one-line summary at the end (issue 19)
+    n = 2 * len(CASES)
+    assert result.output.strip().splitlines()[-1].startswith(f"{n} of {n} cases match torch.optim (")
 
 
 def test_check_optimizers_command_refuses_bad_input() -> None:
@@ -167,3 +172,68 @@ def test_check_optimizers_command_refuses_bad_input() -> None:
     assert CliRunner().invoke(app, ["--steps", "0"]).exit_code == 2
     if not torch.cuda.is_available():
         assert CliRunner().invoke(app, ["--device", "cuda"]).exit_code == 2
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_tensor_lr_and_betas_compute_as_torch_does_bit_for_bit(name):
+    """torch keeps lr / bias_correction1 and 1 - lr * weight_decay as 0-dim float32 tensors when lr
+    and betas are tensors; dlexp used lr.item() in double (AdamW was 9e-7 off after 50 float64 steps)
+    and turned tensor betas into floats (a different state_dict)."""
+    spec = OPTIMIZERS[name]
+    kwargs = lambda: dict(lr=torch.tensor(0.01), betas=(torch.tensor(0.8), torch.tensor(0.95)), weight_decay=0.1)  # noqa: E731
+    case = next(c for c in CASES if c.optimizer == name)
+    nets_opts = train_pair(
+        case, torch.float64, 50,
+        make_a=lambda groups, **kw: spec.cls(groups, **kwargs()),
+        make_b=lambda groups, **kw: spec.torch_cls(groups, **kwargs()),
+    )  # fmt: skip
+    assert max_diffs(*nets_opts) == (0.0, 0.0)
+    ours, theirs = nets_opts[1].state_dict(), nets_opts[3].state_dict()
+    for g_ours, g_theirs in zip(ours["param_groups"], theirs["param_groups"]):
+        assert all(isinstance(b, torch.Tensor) and b.dtype == torch.float32 for b in g_ours["betas"])
+        assert [torch.equal(a, b) for a, b in zip(g_ours["betas"], g_theirs["betas"])] == [True, True]
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_a_saved_plain_number_step_is_restored_as_a_tensor_and_stepping_goes_on(name):
+    """Checkpoints of older torch versions hold `step` as a Python number: loading turns it back into
+    a tensor (torch's __setstate__ does), and the next step is torch's next step."""
+    case = next(c for c in CASES if c.optimizer == name and len(c.kwargs) > 2)
+    results = []
+    for cls in (OPTIMIZERS[name].cls, OPTIMIZERS[name].torch_cls):
+        net, x, y = make_problem(torch.float64)
+        opt = cls(net.parameters(), **case.kwargs)
+        for _ in range(3):
+            loss_and_backward(net, x, y, case.kwargs.get("maximize", False))
+            opt.step()
+        sd = opt.state_dict()
+        for s in sd["state"].values():
+            if "step" in s:
+                s["step"] = int(s["step"].item())
+        opt.load_state_dict(sd)
+        assert all(torch.is_tensor(s["step"]) for s in opt.state.values() if "step" in s)
+        loss_and_backward(net, x, y, case.kwargs.get("maximize", False))
+        opt.step()
+        results.append([p.detach().clone() for p in net.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_adagrad_share_memory_puts_the_sums_in_shared_memory():
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = Adagrad([p])
+    assert not opt.state[p]["sum"].is_shared()
+    opt.share_memory()
+    assert opt.state[p]["sum"].is_shared()
+
+
+def test_differentiable_step_lets_the_gradient_flow_to_the_learning_rate():
+    """differentiable=True: d(param after a step)/d(lr) = -grad for SGD, through dlexp's step as torch's."""
+    grads = []
+    for cls in (SGD, torch.optim.SGD):
+        lr = torch.tensor(0.1, requires_grad=True)
+        w0 = torch.ones(3, requires_grad=True)
+        w = w0.clone()
+        w.grad = torch.tensor([1.0, 2.0, 3.0])
+        cls([w], lr=lr, differentiable=True).step()
+        grads.append(torch.autograd.grad(w.sum(), lr)[0])
+    assert grads[0].item() == grads[1].item() == -6.0

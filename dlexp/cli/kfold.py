@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from dlexp.cli import slurm_options as so
 from dlexp.cli.common import err, out, user_errors
 
 def kfold(
@@ -28,10 +29,23 @@ def kfold(
     config_dir: Annotated[Optional[str], typer.Option("--config-dir", help="A folder of your own configs, searched before dlexp's.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-fold lines.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")] = False,
+    launcher: so.Launcher = "local",
+    partition: so.Partition = None,
+    time: so.Time = None,
+    cpus_per_task: so.CpusPerTask = None,
+    mem: so.Mem = None,
+    gpus: so.Gpus = None,
+    account: so.Account = None,
+    qos: so.Qos = None,
+    sbatch: so.Sbatch = None,
+    max_parallel: so.MaxParallel = None,
+    runs_per_job: so.RunsPerJob = None,
+    no_wait: so.NoWait = False,
 ) -> None:
     """K-fold cross-validation for model selection: rank candidates on the same folds.
 
     Rerunning the same command continues the study: finished folds are kept, interrupted ones resumed.
+    --launcher slurm sends every fold of every candidate to a Slurm cluster as one job array.
 
     Example: dlexp kfold --folds 5 dataset=house_prices model=linear optimizer=adam optimizer.lr=5 trainer.epochs=100
     """
@@ -46,6 +60,13 @@ def kfold(
         from dlexp.cli.common import check_vectorize
 
         check_vectorize(vectorize, vectorize_max, jobs, True, "")
+        slurm = so.slurm_options(launcher, config_dir, partition=partition, time=time, cpus_per_task=cpus_per_task, mem=mem,
+                                 gpus=gpus, account=account, qos=qos, sbatch=sbatch, max_parallel=max_parallel,
+                                 runs_per_job=runs_per_job, no_wait=no_wait)
+        if slurm is not None:
+            so.check_study_use(jobs=jobs)
+            if vectorize:
+                raise ConfigError("--vectorize: trains its groups in this process; not with --launcher slurm")
         if not 0 <= seed < 2**32:  # scikit-learn's splitters take numpy's legacy seeds
             raise ConfigError(f"--seed: must be in [0, 2**32), got {seed}")
         if at not in ("final", "best"):
@@ -84,7 +105,7 @@ def kfold(
                       "config_dir": config_dir}
         study_dir, study = _study_dir(results_dir, study, definition)
         status = _run_study(grid, cfgs, source, fold_list, metric_name, direction, at, refit, jobs, study, study_dir, quiet,
-                            folds, repeats, seed, fresh, data, (vectorize, vectorize_max))
+                            folds, repeats, seed, fresh, data, slurm, no_wait, (vectorize, vectorize_max))
     raise typer.Exit(status)
 
 
@@ -118,9 +139,10 @@ def _study_dir(results_dir: str, study: Optional[str], definition: dict[str, Any
 
 
 def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs, study, study_dir, quiet, k, repeats, seed,
-               fresh, data, vectorize=(False, None)) -> int:
+               fresh, data, slurm=None, no_wait: bool = False, vectorize=(False, None)) -> int:
     """The folds of every candidate as points of one study (dlexp.study), fold by fold: a rerun
-    continues it, --jobs spreads it over worker processes; then the statistics over the fold scores."""
+    continues it, --jobs spreads it over worker processes, --launcher slurm over a Slurm job array;
+    then the statistics over the fold scores."""
     import time
 
     import pandas as pd
@@ -164,11 +186,16 @@ def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs
             record(st.load_outcome(results_dir, p))
     todo = st.pending(points)
     display = StudyDisplay(f"kfold {study}", {p.index: p.label for p in todo}, {p.index: int(p.cfg.trainer.epochs) for p in todo},
-                           quiet, on_finish=record)
-    from dlexp.cli.common import grouped_executor
+                           quiet or no_wait, on_finish=record)
+    if slurm is not None:
+        from dlexp.launchers.slurm_study import SlurmArray, study_folder
 
-    executor = grouped_executor(todo, data, vectorize, jobs, quiet) or (
-        st.Pool(jobs) if jobs > 1 and len(todo) > 1 else st.InProcess(jobs))
+        executor = SlurmArray(slurm, study_folder(results_dir, "kfold", study), no_wait=no_wait, quiet=quiet, pause=display.close)
+    else:
+        from dlexp.cli.common import grouped_executor
+
+        executor = grouped_executor(todo, data, vectorize, jobs, quiet) or (
+            st.Pool(jobs) if jobs > 1 and len(todo) > 1 else st.InProcess(jobs))
     interrupted = False
     try:
         with display:
@@ -192,6 +219,10 @@ def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs
     }
     if len(ranking):
         atomic_write(study_dir / "summary.csv", ranking.to_csv(index=False))
+    detached = getattr(executor, "detached", False)  # --no-wait: the jobs run on; study.json says how many points
+    if detached:
+        write_json(study_dir / "study.json", summary)
+        return 0
     _print_ranking(ranking, best, metric, direction, study, study_dir)
     if refit and best is not None and not interrupted and len(folds_df) == len(points):
         summary["refit"] = _refit(cfgs[best["candidate"]], source, study, study_dir, metric)
@@ -202,7 +233,7 @@ def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs
     if interrupted:
         err.print("interrupted: the finished folds are kept and ranked; rerun the same command to continue", markup=False)
         return 130
-    return 1 if any(r["status"] == "failed" for r in rows.values()) else 0
+    return 1 if any(r["status"] in ("failed", "killed") for r in rows.values()) else 0
 
 
 def _labels(grid: list[list[str]]) -> list[str]:

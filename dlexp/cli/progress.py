@@ -73,6 +73,10 @@ class StudyDisplay:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live view (its last state stays on screen), e.g. before a question is asked."""
         if self.live is not None:
             self.live.update(self._render(), refresh=True)
             self.live.stop()

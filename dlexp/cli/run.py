@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from dlexp.cli import slurm_options as so
 from dlexp.cli.common import check_vectorize, err, fail, grouped_executor, out, progress_bar, user_errors
 
 
@@ -23,13 +24,27 @@ def run(
     vectorize: Annotated[bool, typer.Option("--vectorize", help="With -m: train the points that can share one stacked model as groups (see README, Vectorized runs).")] = False,
     vectorize_max: Annotated[Optional[int], typer.Option("--vectorize-max", help="With --vectorize: at most N runs a group (default: from the parameter count and the free memory).", show_default=False)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")] = False,
+    launcher: so.Launcher = "local",
+    partition: so.Partition = None,
+    time: so.Time = None,
+    cpus_per_task: so.CpusPerTask = None,
+    mem: so.Mem = None,
+    gpus: so.Gpus = None,
+    account: so.Account = None,
+    qos: so.Qos = None,
+    sbatch: so.Sbatch = None,
+    max_parallel: so.MaxParallel = None,
+    runs_per_job: so.RunsPerJob = None,
+    no_wait: so.NoWait = False,
 ) -> None:
     """Train and evaluate: one run, or a grid with -m. Results go to results/runs/<run_id>/.
 
     Rerunning the same -m command continues its grid: finished points are skipped, interrupted ones
-    resumed, the rest run (--fresh: run them all again).
+    resumed, the rest run (--fresh: run them all again). --launcher slurm sends the grid to a Slurm
+    cluster as one job array.
 
-    Examples: dlexp run optimizer=adam model=mlp; dlexp run -m optimizer=sgd,adam 'seed=range(0,3)' --jobs 2
+    Examples: dlexp run optimizer=adam model=mlp; dlexp run -m optimizer=sgd,adam 'seed=range(0,3)' --jobs 2;
+    dlexp run -m 'seed=range(0,20)' --launcher slurm --runs-per-job 4 --time 30
     """
     from dlexp import config
 
@@ -38,6 +53,13 @@ def run(
         if jobs < 1:
             raise config.ConfigError(f"--jobs: must be >= 1, got {jobs}")
         check_vectorize(vectorize, vectorize_max, jobs, multirun, "-m")
+        slurm = so.slurm_options(launcher, config_dir, partition=partition, time=time, cpus_per_task=cpus_per_task, mem=mem,
+                                 gpus=gpus, account=account, qos=qos, sbatch=sbatch, max_parallel=max_parallel,
+                                 runs_per_job=runs_per_job, no_wait=no_wait)
+        if slurm is not None:
+            so.check_study_use(jobs=jobs, multirun=multirun or cfg, resume=resume)
+            if vectorize:
+                raise config.ConfigError("--vectorize: trains its groups in this process; not with --launcher slurm")
         if resume is not None:
             raise typer.Exit(_resume(resume, overrides, quiet))
         grid = config.expand(overrides, multirun, config_dir)
@@ -54,12 +76,15 @@ def run(
             return
         from dlexp.results import check_writable
 
+        if slurm is not None and len({c.results_dir for c in cfgs}) > 1:
+            raise config.ConfigError("--launcher slurm: every point of the grid must write to the same results_dir "
+                                     "(one job array, one folder of job logs)")
         for c in {c.results_dir for c in cfgs}:
             check_writable(c)
         if not multirun:
             status = _single(cfgs[0], quiet)
         else:
-            status = _grid(grid, cfgs, jobs, quiet, fresh, (vectorize, vectorize_max))
+            status = _grid(grid, cfgs, jobs, quiet, fresh, slurm, no_wait, (vectorize, vectorize_max))
     raise typer.Exit(status)
 
 
@@ -233,7 +258,7 @@ def _resume_group(run_dir, group: dict, quiet: bool) -> int:
 def _exit_code(statuses: list[str]) -> int:
     if "interrupted" in statuses:
         return 130
-    return 1 if "failed" in statuses else 0
+    return 1 if "failed" in statuses or "killed" in statuses else 0  # killed: a Slurm job that died without a word
 
 
 def _single(cfg, quiet: bool) -> int:
@@ -277,9 +302,10 @@ def _print_summary(cfg, run_id: str, summary: dict[str, Any]) -> None:
     out.print(f"results: {os.path.join(cfg.results_dir, 'runs', run_id)}", markup=False)
 
 
-def _grid(grid: list[list[str]], cfgs: list, jobs: int, quiet: bool, fresh: bool, vectorize=(False, None)) -> int:
+def _grid(grid: list[list[str]], cfgs: list, jobs: int, quiet: bool, fresh: bool, slurm=None, no_wait: bool = False,
+          vectorize=(False, None)) -> int:
     """A grid as a study (dlexp.study): planned against what earlier identical commands left, run in
-    this process or with --jobs workers, shown live, then one table."""
+    this process, with --jobs workers or as a Slurm job array, shown live, then one table."""
     import sys
 
     from dlexp import study
@@ -305,16 +331,24 @@ def _grid(grid: list[list[str]], cfgs: list, jobs: int, quiet: bool, fresh: bool
         _preflight([p.cfg for p in todo])
     outcomes: dict[int, study.Outcome] = {p.index: study.load_outcome(p.cfg.results_dir, p) for p in points if p.action == "done"}
     display = StudyDisplay(f"grid {grid_id}", {p.index: p.label for p in todo}, {p.index: int(p.cfg.trainer.epochs) for p in todo},
-                           quiet, on_finish=lambda o: outcomes.__setitem__(o.index, o))
+                           quiet or no_wait, on_finish=lambda o: outcomes.__setitem__(o.index, o))
     data = study.DataCache()
-    executor = grouped_executor(todo, data, vectorize, jobs, quiet) or (
-        study.Pool(jobs) if jobs > 1 and len(todo) > 1 else study.InProcess(jobs))
+    if slurm is not None:
+        from dlexp.launchers.slurm_study import SlurmArray, study_folder
+
+        executor = SlurmArray(slurm, study_folder(cfgs[0].results_dir, "grid", grid_id), no_wait=no_wait, quiet=quiet,
+                              pause=display.close)
+    else:
+        executor = grouped_executor(todo, data, vectorize, jobs, quiet) or (
+            study.Pool(jobs) if jobs > 1 and len(todo) > 1 else study.InProcess(jobs))
     interrupted = False
     try:
         with display:
             executor.run(todo, data, display.event)
     except KeyboardInterrupt:
         interrupted = True
+    if getattr(executor, "detached", False):  # --no-wait: the jobs run on
+        return 0
     _print_grid(points, outcomes, varying)
     statuses = [o.summary.get("status") for o in outcomes.values() if o.how != "busy"]
     busy = sum(o.how == "busy" for o in outcomes.values()) + counts["running"]

@@ -22,7 +22,8 @@ Qos = Annotated[Optional[str], typer.Option("--qos", help="Slurm quality of serv
 Sbatch = Annotated[Optional[list[str]], typer.Option("--sbatch", help="Any other sbatch option, repeatable: --sbatch=--constraint=a100 --sbatch=--exclusive.")]
 MaxParallel = Annotated[Optional[int], typer.Option("--max-parallel", help="At most this many jobs at once (the array throttle).")]
 RunsPerJob = Annotated[Optional[int], typer.Option("--runs-per-job", help="Runs one job works through, one after another (each job start costs ~2 s of imports; default 1).")]
-NoWait = Annotated[bool, typer.Option("--no-wait", help="Submit, print the job ids and how to watch and cancel them, and return.")]
+NoWait = Annotated[bool, typer.Option("--no-wait", help="With --launcher slurm: submit, print the array id and how to watch and cancel it, and return; `dlexp status` follows the study, the same command again waits for it.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", help="With --launcher slurm: worker jobs that share the study (each runs --jobs processes; default 1).")]
 
 
 def slurm_options(launcher: str, config_dir: str | None = None, **given):
@@ -37,6 +38,21 @@ def slurm_options(launcher: str, config_dir: str | None = None, **given):
             raise ConfigError(f"{named}: Slurm options need --launcher slurm")
         return None
     given.pop("no_wait", None)
+    given.pop("workers", None)
     if given.get("sbatch") is not None:
         given["sbatch"] = tuple(given["sbatch"])
     return slurm.load_options(launcher, config_dir, **given)
+
+
+def check_study_use(*, jobs: int = 1, multirun: bool = True, resume: str | None = None) -> None:
+    """`--launcher slurm` sends a whole study: one-line errors for what only makes sense on this machine."""
+    from dlexp.errors import ConfigError
+
+    if resume is not None:
+        raise ConfigError("--resume: continues one run on this machine; with --launcher slurm give the grid's own "
+                          "command again (it resumes its interrupted points on the cluster)")
+    if not multirun:
+        raise ConfigError("--launcher slurm: sends a grid to the cluster; add -m (a single run is a grid of one point)")
+    if jobs != 1:
+        raise ConfigError(f"--jobs {jobs}: processes on this machine; with --launcher slurm use --max-parallel "
+                          "(jobs at once) and --runs-per-job")

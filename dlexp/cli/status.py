@@ -51,6 +51,7 @@ def status(
                           markup=False, soft_wrap=True)
             if running:
                 out.print(f"  {running} run(s) of {g['kind']} {g['name']} are running now", markup=False)
+            _slurm_lines(results_dir, g)
     sweeps = sweep_studies(results_dir)
     if sweeps:
         table = Table(title="sweep studies (dlexp report --study NAME)")
@@ -60,3 +61,20 @@ def status(
             states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(sw["states"].items()))
             table.add_row(sw["study"], sw["storage"], "" if sw["trials"] is None else str(sw["trials"]), states)
         out.print(table)
+
+
+def _slurm_lines(results_dir: str, g: dict) -> None:
+    """A study's Slurm jobs: its latest array as Slurm sees it now and where the job logs are; the
+    job log of each unfinished run that ran in a job."""
+    from dlexp.launchers.slurm_study import arrays, job_summary
+
+    if g["kind"] not in ("grid", "kfold", "sweep"):
+        return
+    found = arrays(results_dir, g["kind"], g["name"])
+    if found:
+        latest = found[0]
+        more = f" (and {len(found) - 1} earlier array(s) there)" if len(found) > 1 else ""
+        out.print(f"  slurm array {latest['array_id']} ({job_summary(latest)}); job logs: {latest['folder']}/"
+                  f"{latest['array_id']}_<task>/{more}", markup=False, soft_wrap=True)
+    for run, log in list(g.get("logs", {}).items())[:5]:
+        out.print(f"  job log of {run}: {log}", markup=False, soft_wrap=True)

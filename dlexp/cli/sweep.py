@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from dlexp.cli import slurm_options as so
 from dlexp.cli.common import err, fail, out, user_errors
 
 
@@ -30,6 +31,19 @@ def sweep(
     config_dir: Annotated[Optional[str], typer.Option("--config-dir", help="A folder of your own configs (sweep/*.yaml too), searched before dlexp's.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display and no per-trial lines.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks and Optuna's log.")] = False,
+    launcher: so.Launcher = "local",
+    workers: so.Workers = None,
+    partition: so.Partition = None,
+    time_limit: Annotated[Optional[str], typer.Option("--time", help="Time limit per worker job: minutes, H:MM:SS or D-HH:MM (default: the partition's).")] = None,
+    cpus_per_task: so.CpusPerTask = None,
+    mem: so.Mem = None,
+    gpus: so.Gpus = None,
+    account: so.Account = None,
+    qos: so.Qos = None,
+    sbatch: so.Sbatch = None,
+    max_parallel: so.MaxParallel = None,
+    no_wait: so.NoWait = False,
+    worker_index: Annotated[int, typer.Option("--worker-index", hidden=True, help="This process's first worker number (sampler seeds); set by --launcher slurm for its worker jobs.")] = 0,
 ) -> None:
     """Search hyperparameters with Optuna; every trial is an ordinary run under results/runs/.
 
@@ -41,8 +55,14 @@ def sweep(
     `dlexp run` command of the best trial) and experiment/<study>.yaml
     (dlexp run --config-dir results/sweeps experiment=<study>).
 
+    Seeds: each worker samples with its own seed, derived from --seed and its worker number (one job
+    on a fresh study uses --seed itself), so workers started at once do not replay the same trials.
+    --launcher slurm --workers N submits N worker jobs sharing the study (it needs --storage
+    postgresql+psycopg://... or journal:PATH on the shared file system).
+
     Examples: dlexp sweep sweep=lr_wd optimizer=adam --trials 50;
-    dlexp sweep sweep=optimizers --trials 100 --pruner hyperband --cv 5
+    dlexp sweep sweep=optimizers --trials 100 --pruner hyperband --cv 5;
+    dlexp sweep sweep=lr_wd --trials 100 --launcher slurm --workers 8 --storage journal:results/sweeps/lr_wd.log
     """
     from dlexp import sweep as sw
     from dlexp.errors import ConfigError
@@ -50,12 +70,16 @@ def sweep(
     overrides = list(overrides or [])
     with user_errors(debug):
         try:
+            slurm = so.slurm_options(launcher, config_dir, partition=partition, time=time_limit, cpus_per_task=cpus_per_task,
+                                     mem=mem, gpus=gpus, account=account, qos=qos, sbatch=sbatch, max_parallel=max_parallel,
+                                     no_wait=no_wait, workers=workers)
             plan = _plan(overrides, trials=trials, timeout=timeout, sampler=sampler, pruner=pruner, metric=metric,
                          direction=direction, jobs=jobs, seed=seed, cv=cv, storage=storage, study=study,
-                         heartbeat=heartbeat, config_dir=config_dir, debug=debug)
+                         heartbeat=heartbeat, config_dir=config_dir, debug=debug, slurm=slurm, workers=1 if workers is None else workers,
+                         no_wait=no_wait, worker_index=worker_index)
         except ConfigError as e:
             raise ConfigError(sw.mask(str(e), storage)) from None
-    raise typer.Exit(_execute(plan, quiet=quiet))
+        raise typer.Exit(_execute(plan, quiet=quiet))
 
 
 def _plan(overrides: list[str], **o) -> dict[str, Any]:
@@ -90,6 +114,14 @@ def _plan(overrides: list[str], **o) -> dict[str, Any]:
         raise ConfigError(f"--direction: expected maximize or minimize, got {o['direction']!r}")
     if o["study"] is not None and not sw.STUDY_NAME.match(o["study"]):
         raise ConfigError(f"--study: use 1-100 letters, digits, '.', '_' or '-', got {o['study']!r}")
+    if o["workers"] < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {o['workers']}")
+    if o["worker_index"] < 0:
+        raise ConfigError(f"--worker-index: must be >= 0, got {o['worker_index']}")
+    if o["slurm"] is not None:
+        from dlexp.launchers.slurm import check_sweep_storage
+
+        check_sweep_storage(o["storage"])  # before anything is loaded or submitted
 
     names = [x.split("=", 1)[1] for x in overrides if x.split("=", 1)[0] == "sweep"]
     fixed = [x for x in overrides if x.split("=", 1)[0] != "sweep"]
@@ -200,7 +232,7 @@ def _process_worker(plan: dict[str, Any], worker: int, existing: int, threads: i
 
     torch.set_num_threads(threads)
     _quiet_optuna(plan["debug"])
-    study = _open_study(plan, _worker_seed(plan["seed"], worker, existing))
+    study = _open_study(plan, _worker_seed(plan["seed"], plan["worker_index"] + worker, existing))
     try:
         return _work(study, plan, deadline)
     except KeyboardInterrupt:
@@ -231,8 +263,14 @@ def _execute(plan: dict[str, Any], quiet: bool) -> int:
     interrupted = False
     display.start(study)
     try:
-        if plan["jobs"] == 1:
-            study = _open_study(plan, _worker_seed(plan["seed"], 0, existing))
+        if plan["slurm"] is not None:
+            on_slurm = _slurm_workers(plan, display)
+            reasons += on_slurm.run(lambda w: _worker_argv(plan, w), plan["workers"], lambda: display.update(study))
+            if on_slurm.detached:  # --no-wait: the workers run on
+                return 0
+            reasons += _stopped_early(plan, study, deadline)
+        elif plan["jobs"] == 1:
+            study = _open_study(plan, _worker_seed(plan["seed"], plan["worker_index"], existing))
             reasons.append(_work(study, plan, deadline, on_trial=lambda t: display.trial(study, t),
                                  on_wait=lambda c: display.update(study, waiting=True)))
         else:
@@ -255,8 +293,10 @@ def _parallel(plan, study, existing: int, deadline, display) -> list[str]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    from dlexp.study import default_threads
+
     jobs = plan["jobs"]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = default_threads(jobs)  # $OMP_NUM_THREADS (a Slurm job's CPUs) or the cores this process may use, / jobs
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
     try:
         futures = [pool.submit(_process_worker, plan, w, existing, threads, deadline) for w in range(jobs)]
@@ -266,6 +306,42 @@ def _parallel(plan, study, existing: int, deadline, display) -> list[str]:
         return [f.result() for f in futures]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _slurm_workers(plan: dict[str, Any], display):
+    from dlexp.launchers.slurm_study import SlurmWorkers, study_folder
+
+    storage = f"journal:{plan['target']}" if plan["kind"] == "journal" else plan["storage"]
+    return SlurmWorkers(plan["slurm"], study_folder(plan["results_dir"], "sweep", plan["study"]), storage,
+                        no_wait=plan["no_wait"], quiet=False, pause=display.pause)
+
+
+def _worker_argv(plan: dict[str, Any], worker: int) -> list[str]:
+    """The `dlexp sweep` command line of Slurm worker number `worker`: this command's study, settings
+    and storage, with its own worker index (its sampler seeds) and no display."""
+    storage = f"journal:{plan['target']}" if plan["kind"] == "journal" else plan["storage"]
+    argv = ["sweep", f"sweep={plan['space'].name}", *plan["fixed"], "--trials", str(plan["trials"]), "--sampler", plan["sampler"],
+            "--pruner", plan["pruner"], "--metric", plan["metric"], "--direction", plan["direction"], "--jobs", str(plan["jobs"]),
+            "--seed", str(plan["seed"]), "--storage", storage, "--study", plan["study"], "--heartbeat", str(plan["heartbeat"]),
+            "--worker-index", str(worker * plan["jobs"]), "--quiet"]
+    for flag, key in (("--timeout", "timeout"), ("--cv", "cv"), ("--config-dir", "config_dir")):
+        if plan[key] is not None:
+            argv += [flag, str(plan[key])]
+    return argv + (["--debug"] if plan["debug"] else [])
+
+
+def _stopped_early(plan: dict[str, Any], study, deadline: float | None) -> list[str]:
+    """Why Slurm workers may have stopped short of --trials without failing: the time was up, or a
+    grid sampler ran out of points (each worker judged it itself)."""
+    from dlexp import sweep as sw
+
+    reasons = []
+    if deadline is not None and time.time() >= deadline:
+        reasons.append("timeout")
+    exhausted = getattr(study.sampler, "is_exhausted", None)
+    if exhausted is not None and sw.counts(study)["WAITING"] == 0 and exhausted(study):
+        reasons.append("exhausted")
+    return reasons
 
 
 class _Display:
@@ -315,6 +391,13 @@ class _Display:
         if self.live is not None:
             self.live.update(self._render(study), refresh=True)
             self.live.stop()
+            self.live = None
+
+    def pause(self) -> None:
+        """Stop the live view as it is (before a question about the Slurm jobs)."""
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
 
     def _render(self, study, waiting: bool = False):
         from rich.table import Table

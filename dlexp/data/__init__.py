@@ -208,7 +208,7 @@ def _lazy(name: str, module: str) -> None:
 
 
 # Loaders. Each module registers its rows on import; the pandas-based ones when first used.
-from dlexp.data import airfoil, builtin, mnist, objective  # noqa: E402,F401
+from dlexp.data import airfoil, builtin, mnist, objective, sparse_features  # noqa: E402,F401
 
 _lazy("house_prices", "dlexp.data.house_prices")
 _lazy("csv", "dlexp.data.tabular")

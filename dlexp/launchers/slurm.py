@@ -620,25 +620,19 @@ class Batch:
                     return results
                 time.sleep(self.poll_s if poll_s is None else poll_s)
         except KeyboardInterrupt:
-            self._on_interrupt(echo, ask)
+            stop_dialog([self], echo, ask)
 
-    def _on_interrupt(self, echo: Callable[[str], None], ask: Callable[[str], bool] | None) -> None:
-        if ask is None and sys.stdin is not None and sys.stdin.isatty():
-            ask = _ask_terminal
-        question = f"cancel the Slurm jobs of array {self.array_id}? [y/N] "
-        cancel = False
-        if ask is not None:
-            try:
-                cancel = ask(question)
-            except (KeyboardInterrupt, EOFError):
-                cancel = False  # a second Ctrl-C at the question: leave them
-        if cancel:
-            self.cancel()
-            echo(f"cancelled the jobs of array {self.array_id}; running items end interrupted (rerun to continue)")
-        else:
-            echo(f"the jobs of array {self.array_id} are left running; watch: squeue -j {self.array_id}; "
-                 f"cancel them with: {self.cancel_command()}")
-        raise Interrupted(cancelled=cancel)
+    def live(self, states: dict[str, str] | None = None) -> set[str]:
+        """The jobs that have not ended: queued, running, or submitted and not yet visible (one
+        squeue call unless `states` is given). A job Slurm cannot be asked about counts as live."""
+        now = time.time()
+        if states is None:
+            states = job_states(self.array_id, self.jobs)
+        return {job_id for job_id in self.jobs if (state := self._state(job_id, states, now)) is None or state in WAITING | ACTIVE}
+
+    def state(self, job_id: str) -> str | None:
+        """The last state Slurm gave for `job_id` (None before it was seen): CANCELLED, TIMEOUT, ..."""
+        return self._seen.get(job_id)
 
     # -- on disk --
 
@@ -661,6 +655,30 @@ class Batch:
         record = json.loads(files[-1].read_text())
         return cls(folder=folder, array_id=str(record["array_id"]), jobs={k: list(v) for k, v in record["jobs"].items()},
                    submitted_at=float(record["submitted_at"]))
+
+
+def stop_dialog(batches: Sequence[Batch], echo: Callable[[str], None] = _stderr,
+                ask: Callable[[str], bool] | None = None) -> None:
+    """What Ctrl-C while waiting does: `ask` (by default a y/N question where stdin is a terminal)
+    whether to cancel the jobs of `batches`; with no terminal they are left running. Either way the
+    command that cancels them is printed; then `Interrupted` (a KeyboardInterrupt) is raised."""
+    if ask is None and sys.stdin is not None and sys.stdin.isatty():
+        ask = _ask_terminal
+    ids = " ".join(b.array_id for b in batches)
+    what = f"array{'s' if len(batches) > 1 else ''} {', '.join(b.array_id for b in batches)}"
+    cancel = False
+    if ask is not None:
+        try:
+            cancel = ask(f"cancel the Slurm jobs of {what}? [y/N] ")
+        except (KeyboardInterrupt, EOFError):
+            cancel = False  # a second Ctrl-C at the question: leave them
+    if cancel:
+        for b in batches:
+            b.cancel()
+        echo(f"cancelled the jobs of {what}; running items end interrupted (rerun to continue)")
+    else:
+        echo(f"the jobs of {what} are left running; watch: squeue -j {ids.replace(' ', ',')}; cancel them with: scancel {ids}")
+    raise Interrupted(cancelled=cancel)
 
 
 def _ask_terminal(question: str) -> bool:
@@ -705,7 +723,9 @@ def submit(fn: Callable[[Any], Any], items: Iterable[Any], options: SlurmOptions
             message += f" ({len(chunks)} jobs; --runs-per-job packs several runs into one)"
         raise ConfigError(f"--launcher slurm: sbatch refused the jobs: {message}") from None
     ids = [j.job_id for j in jobs]
-    batch = Batch(folder=folder, array_id=ids[0].split("_")[0], jobs=dict(zip(ids, chunks)), poll_s=options.poll_s)
+    # an ended job's items settle after 3 looks at the queue (at most 15 s): time for a requeue to show
+    batch = Batch(folder=folder, array_id=ids[0].split("_")[0], jobs=dict(zip(ids, chunks)), poll_s=options.poll_s,
+                  settle_s=min(15.0, max(1.0, 3 * options.poll_s)))
     batch.save()
     return batch
 
@@ -733,12 +753,12 @@ def run_cli(argv: Sequence[str]) -> int:
     return code
 
 
-def submit_workers(argvs: Sequence[Sequence[str]], options: SlurmOptions, folder: str | Path,
-                   storage: str | None = None) -> Batch:
-    """One job per command line, all at once: a sweep's workers sharing one Optuna study through
-    `storage` (checked first, see `check_sweep_storage`). Each worker has its own command line so
-    that the caller can give each its own sampler seed."""
+def submit_workers(argvs: Sequence[Any], options: SlurmOptions, folder: str | Path,
+                   storage: str | None = None, fn: Callable[[Any], Any] = run_cli) -> Batch:
+    """One job per item, all at once: a sweep's workers sharing one Optuna study through `storage`
+    (checked first, see `check_sweep_storage`). Each worker has its own command line so that the
+    caller can give each its own sampler seed; `fn` runs it (default `run_cli`)."""
     check_sweep_storage(storage)
-    argvs = [list(a) for a in argvs]
+    argvs = list(argvs)
     options = replace(options, runs_per_job=1, max_parallel=options.max_parallel or len(argvs))
-    return submit(run_cli, argvs, options, folder)
+    return submit(fn, argvs, options, folder)

@@ -1,5 +1,6 @@
-"""Small helpers shared by the hand-written optimizers: argument checks, the `step` counter, and
-the iteration over a param group's tensors that both the per-tensor rule and the foreach fast path use.
+"""Small helpers shared by the hand-written optimizers: argument checks, the `step` counter, the
+choice between the per-tensor rule, the foreach fast path and the compiled path, and the iteration
+over a param group's tensors that all three use.
 
 Nothing here is an algorithm; each `dlexp/optim/<name>.py` reads top to bottom on its own.
 """
@@ -35,12 +36,35 @@ def _dynamo_import_deferred(name: str):
 
 
 class Optimizer(torch.optim.Optimizer):
-    """torch.optim.Optimizer, unchanged but for a process start that does not import torch._dynamo."""
+    """torch.optim.Optimizer, with a process start that does not import torch._dynamo, and a saved
+    `step` that is a plain number (checkpoints of older torch versions) turned back into a tensor on
+    load, as every torch.optim class does in its `__setstate__`."""
 
     add_param_group = _dynamo_import_deferred("add_param_group")
     zero_grad = _dynamo_import_deferred("zero_grad")
     state_dict = _dynamo_import_deferred("state_dict")
     load_state_dict = _dynamo_import_deferred("load_state_dict")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # load_state_dict ends with this call too
+        for group in self.param_groups:
+            for p in group["params"]:
+                p_state = self.state.get(p)
+                if p_state and "step" in p_state and not torch.is_tensor(p_state["step"]):
+                    p_state["step"] = new_step(p, fused=bool(group.get("fused"))) + float(p_state["step"])
+
+
+def step_grad_mode(step: Callable) -> Callable:
+    """`Optimizer.step` runs without autograd, unless the optimizer was built with
+    `differentiable=True`: then the update itself is recorded, so gradients flow through it (as
+    torch.optim's `_use_grad_for_differentiable`, without its dynamo graph breaks)."""
+
+    @functools.wraps(step)
+    def wrapped(self, *args, **kwargs):
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            return step(self, *args, **kwargs)
+
+    return wrapped
 
 
 def check_lr(lr: float | Tensor) -> None:
@@ -57,9 +81,20 @@ def check_nonnegative(name: str, value: float) -> None:
         raise ValueError(f"Invalid {name} value: {value}")
 
 
+def check_impl_flags(foreach: bool | None, fused: bool | None, differentiable: bool) -> None:
+    """The combinations of torch's implementation switches that torch.optim refuses, with its
+    messages. `fused=True` is dlexp's compiled path (see `compiled.py`)."""
+    if fused:
+        if differentiable:
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
 def reject_unimplemented(cls_name: str, **flags: Any) -> None:
-    """torch's capturable/differentiable/fused switches are accepted in the signature (so configs and
-    state_dicts written for torch.optim load) but only their off values are implemented here."""
+    """torch's `capturable` switch is accepted in the signature (so configs and state_dicts written
+    for torch.optim load) but only its off value is implemented: it keeps CUDA graphs capturable,
+    and dlexp's step counters live on the CPU."""
     for flag, value in flags.items():
         if value:
             raise NotImplementedError(
@@ -67,38 +102,68 @@ def reject_unimplemented(cls_name: str, **flags: Any) -> None:
             )
 
 
-def as_float(x: float | Tensor) -> float:
-    """A Python float for a hyperparameter that torch also allows as a 1-element tensor."""
-    return x.item() if isinstance(x, Tensor) else x
+def to_scalar(x: float | Tensor) -> float | Tensor:
+    """A 1-element tensor hyperparameter as a 0-dim tensor (torch's `_to_scalar`); a float as is.
+
+    Tensor hyperparameters stay tensors: the rules compute with them exactly as torch does (e.g.
+    `lr / bias_correction1` is a 0-dim float32 tensor there), not with `x.item()` in double."""
+    if isinstance(x, Tensor) and x.dim() != 0:
+        return x.squeeze()
+    return x
 
 
-def scalar_dtype() -> torch.dtype:
-    """The dtype torch.optim uses for the `step` counter (float32, or float64 when that is the
-    default dtype): a 0-dim CPU tensor, so our state_dicts and torch's load into each other."""
+def scalar_dtype(fused: bool = False) -> torch.dtype:
+    """The dtype torch.optim uses for the `step` counter: float32, or float64 when that is the
+    default dtype (float32 always for fused, as torch's fused kernels)."""
+    if fused:
+        return torch.float32
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def new_step() -> Tensor:
-    """`state["step"]` at initialisation: tensor(0.) on the CPU, as torch.optim (capturable/fused off)."""
+def new_step(p: Tensor | None = None, fused: bool = False) -> Tensor:
+    """`state["step"]` at initialisation: tensor(0.) on the CPU, as torch.optim; with fused=True on
+    the parameter's device in float32, as torch's fused optimizers keep it."""
+    if fused and p is not None:
+        return torch.zeros((), dtype=scalar_dtype(fused=True), device=p.device)
     return torch.tensor(0.0, dtype=scalar_dtype())
+
+
+def step_value(step: Tensor) -> float | Tensor:
+    """t as a Python float for eager code (`.item()` is much faster than scalar tensor arithmetic),
+    but the tensor itself while torch.compile traces: a float read from a tensor would be baked into
+    the graph, and torch 2.13's inductor miscompiles such floats (compiled Adam drifted from eager
+    by 3e-3 from step 3 on). torch.optim's `_get_value` makes the same choice."""
+    if torch.compiler.is_compiling():
+        return step
+    return step.item()
+
+
+def any_tensor(*values: Any) -> bool:
+    """Is any of these hyperparameters a tensor (tensor lr, tensor betas)?"""
+    return any(isinstance(v, Tensor) for v in values)
 
 
 def params_with_grad(
     optimizer: torch.optim.Optimizer,
     group: dict[str, Any],
     init_state: Callable[[Tensor, dict[str, Any], dict[str, Any]], None] | None,
-) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
-    """The group's params that have a gradient this step, their grads and their state dicts.
+    sparse_message: str | None = None,
+) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]], bool]:
+    """The group's params that have a gradient this step, their grads, their state dicts, and
+    whether any gradient is sparse.
 
     A param whose `.grad is None` is skipped: unchanged, and no state is created for it (as torch).
     `init_state(p, state, group)` fills an empty state lazily; `None` means "leave state alone".
+    `sparse_message`: the RuntimeError torch raises for a sparse gradient (None: sparse is supported).
     """
-    params, grads, states = [], [], []
+    params, grads, states, has_sparse = [], [], [], False
     for p in group["params"]:
         if p.grad is None:
             continue
         if p.grad.is_sparse:
-            raise RuntimeError(f"{type(optimizer).__name__} does not support sparse gradients")
+            if sparse_message is not None:
+                raise RuntimeError(sparse_message)
+            has_sparse = True
         params.append(p)
         grads.append(p.grad)
         if init_state is not None:
@@ -106,7 +171,7 @@ def params_with_grad(
             if len(state) == 0:
                 init_state(p, state, group)
             states.append(state)
-    return params, grads, states
+    return params, grads, states, has_sparse
 
 
 def use_foreach(group: dict[str, Any]) -> bool:
@@ -124,10 +189,23 @@ def closure_loss(closure) -> Any:
         return closure()
 
 
-def apply_rule(params, grads, states, group, hp: dict[str, Any], rule, multi_tensor_rule) -> None:
-    """One param group's update: the foreach fast path on each (device, dtype) bucket, or the
-    readable per-tensor `rule` (foreach=False), with the same hyperparameters `hp`."""
-    if use_foreach(group):
+def apply_rule(
+    params, grads, states, group, hp: dict[str, Any], rule, multi_tensor_rule, *,
+    per_tensor_only: bool = False, compiled_rule=None,
+) -> None:
+    """One param group's update, by one of three paths that compute the same rule:
+
+    - fused=True: `compiled_rule` (the foreach rule through torch.compile, see `compiled.py`);
+    - foreach (the default): `multi_tensor_rule`, on each (device, dtype) bucket;
+    - foreach=False: the readable per-tensor `rule`, the ground truth the others are tested against.
+
+    `per_tensor_only` picks the per-tensor rule over the foreach path: sparse gradients,
+    `differentiable=True` and tensor hyperparameters run it whatever foreach says (torch's foreach
+    paths refuse them or fall back to their for-loop).
+    """
+    if group.get("fused") and compiled_rule is not None:
+        compiled_rule(params, grads, states, group, hp)
+    elif use_foreach(group) and not per_tensor_only:
         for lists in split_by_device_and_dtype(params, grads, states):
             multi_tensor_rule(*lists, **hp)
     else:
@@ -149,6 +227,16 @@ def split_by_device_and_dtype(
         buckets.setdefault((p.device, p.dtype), []).append(i)
     for idx in buckets.values():
         yield tuple([seq[i] for i in idx] for seq in (params, *lists))
+
+
+def view_as_real(params: list[Tensor], *lists: list[Tensor]) -> tuple[list[Tensor], ...]:
+    """Complex tensors as (..., 2) real views, for the foreach fast paths: an optimizer treats a
+    complex parameter as a pair of real ones (torch's `_view_as_real`), so that squares and roots
+    act on the real and imaginary parts separately, never as complex products."""
+    if not any(torch.is_complex(p) for p in params):
+        return (params, *lists)
+    real = lambda t: torch.view_as_real(t) if torch.is_complex(t) else t  # noqa: E731
+    return tuple([real(t) for t in seq] for seq in (params, *lists))
 
 
 # One CPU scalar tensor to add to the CPU `step` counters: `_foreach_add_(steps, 1)` would wrap the 1

@@ -13,33 +13,39 @@ from torch import Tensor
 
 from dlexp.optim._common import (
     Optimizer,
+    any_tensor,
     apply_rule,
-    closure_loss,
-    as_float,
+    check_impl_flags,
     check_lr,
     check_nonnegative,
+    closure_loss,
     increment_steps,
     member_view,
     new_step,
     params_with_grad,
     reject_unimplemented,
     scalar_dtype,
+    split_by_device_and_dtype,
+    step_grad_mode,
+    to_scalar,
+    view_as_real,
 )
+from dlexp.optim.compiled import check_fused_params, run_compiled
 
 __all__ = ["Adadelta", "adadelta"]
 
 
-@torch.no_grad()
 def adadelta(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     *,
-    lr: float,
+    lr: float | Tensor,
     rho: float,
     eps: float,
     weight_decay: float,
     maximize: bool,
+    differentiable: bool = False,
 ) -> None:
     r"""One Adadelta step for one tensor, in place on `param` and `state` (the readable ground truth).
 
@@ -54,21 +60,28 @@ def adadelta(
     Here torch agrees with d2l and the paper: eps is *inside* both roots (torch and the paper use
     eps=1e-6; d2l's from-scratch code uses 1e-5).
     d2l's from-scratch code has no lr (lr=1, torch's default). State: `step`, `square_avg`,
-    `acc_delta`.
+    `acc_delta`. A complex parameter is a pair of real ones, as in torch. Call under
+    `torch.no_grad()` unless differentiating through the step (`differentiable=True`).
     """
-    grad = grad if not maximize else -grad
     state["step"] += 1
+    grad = grad if not maximize else -grad
     if weight_decay != 0:
         grad = grad.add(param, alpha=weight_decay)  # L2 in the gradient, torch's meaning
     square_avg, acc_delta = state["square_avg"], state["acc_delta"]
+    if torch.is_complex(param):
+        square_avg, acc_delta, grad = torch.view_as_real(square_avg), torch.view_as_real(acc_delta), torch.view_as_real(grad)
     square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)  # s_t
     std = square_avg.add(eps).sqrt_()  # eps inside the root, as torch.optim and d2l
-    delta = acc_delta.add(eps).sqrt_().div_(std).mul_(grad)  # g'_t
+    delta = acc_delta.add(eps).sqrt_()
+    if differentiable:  # autograd keeps sqrt's result: divide a copy
+        delta = delta.clone()
+    delta.div_(std).mul_(grad)  # g'_t
     acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)  # Delta x_t
+    if torch.is_complex(param):
+        delta = torch.view_as_complex(delta)
     param.add_(delta, alpha=-lr)
 
 
-@torch.no_grad()
 def _multi_tensor_adadelta(
     params: list[Tensor],
     grads: list[Tensor],
@@ -79,11 +92,13 @@ def _multi_tensor_adadelta(
     eps: float,
     weight_decay: float,
     maximize: bool,
+    differentiable: bool = False,
 ) -> None:
     """`adadelta` over a list of same-device, same-dtype tensors with `torch._foreach_*` ops (fast path)."""
-    square_avgs = [s["square_avg"] for s in states]
-    acc_deltas = [s["acc_delta"] for s in states]
     increment_steps([s["step"] for s in states])
+    params, grads, square_avgs, acc_deltas = view_as_real(
+        params, grads, [s["square_avg"] for s in states], [s["acc_delta"] for s in states]
+    )
     if maximize:
         grads = torch._foreach_neg(grads)
     if weight_decay != 0:
@@ -104,8 +119,35 @@ def _multi_tensor_adadelta(
     torch._foreach_add_(params, deltas, alpha=-lr)
 
 
+def _fused_adadelta(params, grads, square_avgs, acc_deltas, steps, *, lr, rho, eps, weight_decay,
+                    has_weight_decay: bool, maximize: bool) -> None:
+    """`_multi_tensor_adadelta` written for torch.compile (fused=True): per tensor, one pass."""
+    for p, g, square_avg, acc_delta, step in zip(params, grads, square_avgs, acc_deltas, steps):
+        step += 1
+        g = -g if maximize else g
+        if has_weight_decay:
+            g = g + weight_decay * p
+        square_avg.mul_(rho).addcmul_(g, g, value=1 - rho)
+        delta = (acc_delta + eps).sqrt() / (square_avg + eps).sqrt() * g
+        acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
+        p.sub_(lr * delta)
+
+
+def compiled_adadelta(params, grads, states, group, hp) -> None:
+    """fused=True for Adadelta (torch has no fused Adadelta): `_fused_adadelta` through torch.compile."""
+    check_fused_params(params)
+    flags = dict(has_weight_decay=hp["weight_decay"] != 0, maximize=hp["maximize"])
+    scalars = {k: hp[k] for k in ("lr", "rho", "eps", "weight_decay")}
+    for ps, gs, ss in split_by_device_and_dtype(params, grads, states):
+        lists = (ps, gs, [s["square_avg"] for s in ss], [s["acc_delta"] for s in ss], [s["step"] for s in ss])
+        run_compiled(_fused_adadelta, flags, lists, scalars)
+
+
 class Adadelta(Optimizer):
-    """Hand-written `torch.optim.Adadelta`: same signature, defaults, state keys and results."""
+    """Hand-written `torch.optim.Adadelta`: same signature, defaults, state keys and results.
+
+    `fused=True` is not in torch's Adadelta signature (torch has no fused Adadelta); dlexp accepts
+    it as a keyword for its compiled path."""
 
     def __init__(
         self,
@@ -119,6 +161,7 @@ class Adadelta(Optimizer):
         capturable: bool = False,
         maximize: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         if not 0.0 <= rho <= 1.0:
@@ -126,12 +169,15 @@ class Adadelta(Optimizer):
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
         check_nonnegative("weight_decay", weight_decay)
-        reject_unimplemented("Adadelta", capturable=capturable, differentiable=differentiable)
+        reject_unimplemented("Adadelta", capturable=capturable)
         defaults = dict(
             lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
             capturable=capturable, foreach=foreach, differentiable=differentiable,
         )  # fmt: skip
+        if fused:  # only when asked: a state_dict of a plain Adadelta keeps torch's keys
+            defaults["fused"] = fused
         super().__init__(params, defaults)
+        check_impl_flags(foreach, fused, differentiable)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -143,23 +189,28 @@ class Adadelta(Optimizer):
 
     @staticmethod
     def _init_state(p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["step"] = new_step()
+        state["step"] = new_step(p, fused=bool(group.get("fused")))
         state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    @torch.no_grad()
+    @step_grad_mode
     def step(self, closure=None):
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
         loss = closure_loss(closure)
         for group in self.param_groups:
-            params, grads, states = params_with_grad(self, group, self._init_state)
+            params, grads, states, _ = params_with_grad(
+                self, group, self._init_state, sparse_message="Adadelta does not support sparse gradients"
+            )
             if not params:
                 continue
             hp = dict(
-                lr=as_float(group["lr"]), rho=group["rho"], eps=group["eps"],
-                weight_decay=group["weight_decay"], maximize=group["maximize"],
+                lr=to_scalar(group["lr"]), rho=group["rho"], eps=group["eps"], weight_decay=group["weight_decay"],
+                maximize=group["maximize"], differentiable=group["differentiable"],
             )  # fmt: skip
-            apply_rule(params, grads, states, group, hp, adadelta, _multi_tensor_adadelta)
+            apply_rule(
+                params, grads, states, group, hp, adadelta, _multi_tensor_adadelta,
+                per_tensor_only=group["differentiable"] or any_tensor(group["lr"]), compiled_rule=compiled_adadelta,
+            )  # fmt: skip
         return loss
 
 

@@ -13,33 +13,40 @@ from torch import Tensor
 
 from dlexp.optim._common import (
     Optimizer,
+    any_tensor,
     apply_rule,
-    closure_loss,
-    as_float,
+    check_impl_flags,
     check_lr,
     check_nonnegative,
+    closure_loss,
     increment_steps,
     member_view,
     new_step,
     params_with_grad,
     reject_unimplemented,
     scalar_dtype,
+    split_by_device_and_dtype,
+    step_grad_mode,
+    step_value,
+    to_scalar,
+    view_as_real,
 )
+from dlexp.optim.compiled import check_fused_params, run_compiled
 
 __all__ = ["Adagrad", "adagrad"]
 
 
-@torch.no_grad()
 def adagrad(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     *,
-    lr: float,
+    lr: float | Tensor,
     lr_decay: float,
     weight_decay: float,
     eps: float,
     maximize: bool,
+    differentiable: bool = False,
 ) -> None:
     r"""One AdaGrad step for one tensor, in place on `param` and `state` (the readable ground truth).
 
@@ -52,20 +59,38 @@ def adagrad(
 
     d2l's from-scratch code puts eps inside the root, sqrt(s_t + eps), with eps=1e-6; torch (and so
     this code) adds eps after the root, with eps=1e-10. State: `step` (0-dim float tensor), `sum`.
+
+    A sparse gradient (`nn.Embedding(sparse=True)`: only the rows of the features seen in the
+    batch) updates only those rows of `sum` and `param`: a feature that is rarely seen keeps a
+    small sum and so a large step, d2l's motivation for AdaGrad. A complex parameter is a pair of
+    real ones (its real and imaginary parts), as in torch. Call under `torch.no_grad()` unless
+    differentiating through the step (`differentiable=True`).
     """
-    grad = grad if not maximize else -grad
     state["step"] += 1
-    t = state["step"].item()
+    t = step_value(state["step"])
+    grad = grad if not maximize else -grad
     if weight_decay != 0:
+        if grad.is_sparse:
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
         grad = grad.add(param, alpha=weight_decay)  # L2 in the gradient, torch's meaning
     clr = lr / (1 + (t - 1) * lr_decay)
     state_sum = state["sum"]
+    if grad.is_sparse:
+        grad = grad.coalesce()  # one value per row: the update is not linear in the gradient
+        indices, values = grad._indices(), grad._values()
+        # (the indices are the coalesced gradient's own: no invariant check needed)
+        state_sum.add_(torch.sparse_coo_tensor(indices, values.pow(2), grad.size(), check_invariants=False))  # s_t, seen rows
+        std_values = state_sum.sparse_mask(grad)._values().sqrt_().add_(eps)
+        param.add_(torch.sparse_coo_tensor(indices, values / std_values, grad.size(), check_invariants=False), alpha=-clr)
+        return
+    if torch.is_complex(param):
+        param, grad, state_sum = torch.view_as_real(param), torch.view_as_real(grad), torch.view_as_real(state_sum)
     state_sum.addcmul_(grad, grad, value=1)  # s_t
-    std = state_sum.sqrt().add_(eps)  # sqrt before eps, as torch.optim (d2l puts eps inside)
+    # sqrt before eps, as torch.optim (d2l puts eps inside); out of place when autograd records it
+    std = state_sum.sqrt() + eps if differentiable else state_sum.sqrt().add_(eps)
     param.addcdiv_(grad, std, value=-clr)
 
 
-@torch.no_grad()
 def _multi_tensor_adagrad(
     params: list[Tensor],
     grads: list[Tensor],
@@ -76,10 +101,11 @@ def _multi_tensor_adagrad(
     weight_decay: float,
     eps: float,
     maximize: bool,
+    differentiable: bool = False,
 ) -> None:
     """`adagrad` over a list of same-device, same-dtype tensors with `torch._foreach_*` ops (fast path)."""
-    state_sums = [s["sum"] for s in states]
     steps = [s["step"] for s in states]
+    params, grads, state_sums = view_as_real(params, grads, [s["sum"] for s in states])
     if maximize:
         grads = torch._foreach_neg(grads)
     increment_steps(steps)
@@ -97,11 +123,37 @@ def _multi_tensor_adagrad(
     torch._foreach_addcdiv_(params, grads, std, minus_clr)
 
 
+def _fused_adagrad(params, grads, state_sums, steps, *, lr, lr_decay, weight_decay, eps,
+                   has_weight_decay: bool, maximize: bool) -> None:
+    """`_multi_tensor_adagrad` written for torch.compile (fused=True): per tensor, one pass."""
+    for p, g, state_sum, step in zip(params, grads, state_sums, steps):
+        step += 1
+        g = -g if maximize else g
+        if has_weight_decay:
+            g = g + weight_decay * p
+        # in float64 from the (float32) step, then rounded to the param's dtype: what the eager
+        # rule's Python float does (a 1-element tensor would otherwise promote the update)
+        clr = (lr / (1 + (step.to(torch.float64) - 1) * lr_decay)).to(p.dtype)
+        state_sum.addcmul_(g, g)
+        p.sub_(clr * (g / (state_sum.sqrt() + eps)))
+
+
+def compiled_adagrad(params, grads, states, group, hp) -> None:
+    """fused=True for Adagrad: `_fused_adagrad` through torch.compile on each (device, dtype) bucket."""
+    check_fused_params(params)
+    flags = dict(has_weight_decay=hp["weight_decay"] != 0, maximize=hp["maximize"])
+    scalars = {k: hp[k] for k in ("lr", "lr_decay", "weight_decay", "eps")}
+    for ps, gs, ss in split_by_device_and_dtype(params, grads, states):
+        run_compiled(_fused_adagrad, flags, (ps, gs, [s["sum"] for s in ss], [s["step"] for s in ss]), scalars)
+
+
 class Adagrad(Optimizer):
     """Hand-written `torch.optim.Adagrad`: same signature, defaults, state keys and results.
 
     As torch, the state (`step` = 0, `sum` = initial_accumulator_value) is created for every param
-    in the constructor, not lazily at the first step.
+    in the constructor, not lazily at the first step. One deliberate difference: a param group's
+    own `initial_accumulator_value` is honoured (torch fills every group's `sum` with the
+    constructor's value and ignores the group's).
     """
 
     def __init__(
@@ -124,23 +176,24 @@ class Adagrad(Optimizer):
         check_nonnegative("initial_accumulator_value", initial_accumulator_value)
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
-        reject_unimplemented("Adagrad", differentiable=differentiable, fused=fused)
         defaults = dict(
             lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value, foreach=foreach,
             maximize=maximize, differentiable=differentiable, fused=fused,
         )  # fmt: skip
         super().__init__(params, defaults)
+        check_impl_flags(foreach, fused, differentiable)
         for group in self.param_groups:
             for p in group["params"]:
                 self._init_state(p, self.state[p], group)
 
     @staticmethod
     def _init_state(p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["step"] = new_step()
-        state["sum"] = torch.full_like(
-            p, group["initial_accumulator_value"], memory_format=torch.preserve_format
-        )
+        state["step"] = new_step(p, fused=bool(group["fused"]))
+        value = group["initial_accumulator_value"]
+        # a complex sum starts at value + value*i: the real and imaginary parts are separate sums
+        value = complex(value, value) if torch.is_complex(p) else value
+        state["sum"] = torch.full_like(p, value, memory_format=torch.preserve_format)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -150,20 +203,32 @@ class Adagrad(Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", None)
 
-    @torch.no_grad()
+    def share_memory(self) -> None:
+        """Put the `sum` tensors in shared memory (Hogwild!-style training across processes)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["sum"].share_memory_()
+
+    @step_grad_mode
     def step(self, closure=None):
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
         loss = closure_loss(closure)
         for group in self.param_groups:
             # state normally exists since __init__; lazily for params added by add_param_group
-            params, grads, states = params_with_grad(self, group, self._init_state)
+            params, grads, states, has_sparse = params_with_grad(self, group, self._init_state)
             if not params:
                 continue
+            if group["fused"] and has_sparse:
+                raise RuntimeError("`fused` does not support sparse grad or complex param")
             hp = dict(
-                lr=as_float(group["lr"]), lr_decay=group["lr_decay"],
-                weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                lr=to_scalar(group["lr"]), lr_decay=group["lr_decay"], weight_decay=group["weight_decay"],
+                eps=group["eps"], maximize=group["maximize"], differentiable=group["differentiable"],
             )  # fmt: skip
-            apply_rule(params, grads, states, group, hp, adagrad, _multi_tensor_adagrad)
+            per_tensor_only = has_sparse or group["differentiable"] or any_tensor(group["lr"])
+            apply_rule(
+                params, grads, states, group, hp, adagrad, _multi_tensor_adagrad,
+                per_tensor_only=per_tensor_only, compiled_rule=compiled_adagrad,
+            )  # fmt: skip
         return loss
 
 

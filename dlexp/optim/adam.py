@@ -13,36 +13,43 @@ from torch import Tensor
 
 from dlexp.optim._common import (
     Optimizer,
+    any_tensor,
     apply_rule,
-    closure_loss,
-    as_float,
+    check_impl_flags,
     check_lr,
     check_nonnegative,
+    closure_loss,
     increment_steps,
     member_view,
     new_step,
     params_with_grad,
     reject_unimplemented,
     scalar_dtype,
+    split_by_device_and_dtype,
+    step_grad_mode,
+    step_value,
+    to_scalar,
+    view_as_real,
 )
+from dlexp.optim.compiled import check_fused_params, run_compiled
 
 __all__ = ["Adam", "adam"]
 
 
-@torch.no_grad()
 def adam(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
+    lr: float | Tensor,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
     eps: float,
     weight_decay: float,
     amsgrad: bool,
     maximize: bool,
     decoupled_weight_decay: bool = False,
+    differentiable: bool = False,
 ) -> None:
     r"""One Adam step for one tensor, in place on `param` and `state` (the readable ground truth).
 
@@ -57,29 +64,46 @@ def adam(
     With `amsgrad`, s_max_t = max(s_max_{t-1}, s_t) (`max_exp_avg_sq`) replaces s_t in \hat s_t.
     d2l's from-scratch code is the same rule with eps=1e-6; torch's default, used here, is 1e-8.
     State: `step` (0-dim float tensor t), `exp_avg`, `exp_avg_sq`, `max_exp_avg_sq` (amsgrad).
+
+    A complex parameter is a pair of real ones (g_t^2 squares the real and imaginary parts, never
+    the complex number), as in torch. Tensor `lr` and `betas` stay 0-dim tensors, so
+    `lr / bias_correction1` is computed in float32 as torch does. Call under `torch.no_grad()`
+    unless differentiating through the step (`differentiable=True`).
     """
     grad = grad if not maximize else -grad
     state["step"] += 1
-    t = state["step"].item()
+    t = step_value(state["step"])
     if weight_decay != 0:
         if decoupled_weight_decay:
             param.mul_(1 - lr * weight_decay)  # AdamW: shrink the weights, leave g_t alone
         else:
             grad = grad.add(param, alpha=weight_decay)  # L2 in the gradient, torch's meaning
-    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    exp_avg.lerp_(grad, 1 - beta1)  # v_t; lerp, as torch.optim (rounds unlike mul_+add_)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # s_t
+    exp_avg, exp_avg_sq, max_exp_avg_sq = state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq")
+    if torch.is_complex(param):
+        param, grad, exp_avg, exp_avg_sq = (torch.view_as_real(x) for x in (param, grad, exp_avg, exp_avg_sq))
+        if amsgrad:
+            max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
+    # lerp wants its tensor weight in the param's dtype (torch casts a tensor beta1 the same way)
+    lerp_beta1 = beta1.to(device=param.device, dtype=param.dtype) if isinstance(beta1, Tensor) else beta1
+    exp_avg.lerp_(grad, 1 - lerp_beta1)  # v_t; lerp, as torch.optim (rounds unlike mul_+add_)
+    if differentiable and isinstance(beta2, Tensor) and beta2.requires_grad:
+        exp_avg_sq.lerp_(grad.square(), 1 - beta2)  # s_t; addcmul's value cannot carry a gradient
+    else:
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # s_t
     bias_correction1 = 1 - beta1**t
     bias_correction2 = 1 - beta2**t
     if amsgrad:
-        torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-        exp_avg_sq = state["max_exp_avg_sq"]
+        if differentiable:
+            max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq.clone(), exp_avg_sq))
+        else:
+            torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        exp_avg_sq = max_exp_avg_sq
     # sqrt(\hat s_t) + eps: sqrt before eps, as torch.optim and the paper
     denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)
-    param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)  # \hat v_t folded into the step
+    step_size = lr / bias_correction1  # \hat v_t folded into the step
+    param.addcdiv_(exp_avg.clone() if differentiable else exp_avg, denom, value=-step_size)
 
 
-@torch.no_grad()
 def _multi_tensor_adam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -93,11 +117,13 @@ def _multi_tensor_adam(
     amsgrad: bool,
     maximize: bool,
     decoupled_weight_decay: bool = False,
+    differentiable: bool = False,
 ) -> None:
     """`adam` over a list of same-device, same-dtype tensors with `torch._foreach_*` ops (fast path)."""
-    exp_avgs = [s["exp_avg"] for s in states]
-    exp_avg_sqs = [s["exp_avg_sq"] for s in states]
     steps = [s["step"] for s in states]
+    exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+    (max_exp_avg_sqs,) = view_as_real([s["max_exp_avg_sq"] for s in states] if amsgrad else [])
+    params, grads, exp_avgs, exp_avg_sqs = view_as_real(params, grads, exp_avgs, exp_avg_sqs)
     if maximize:
         grads = torch._foreach_neg(grads)
     increment_steps(steps)
@@ -115,13 +141,55 @@ def _multi_tensor_adam(
     step_sizes = [-lr / (1 - beta1**t) for t in ts]
     bias_correction2_sqrts = [(1 - beta2**t) ** 0.5 for t in ts]
     if amsgrad:
-        max_exp_avg_sqs = [s["max_exp_avg_sq"] for s in states]
         torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
         exp_avg_sqs = max_exp_avg_sqs
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, bias_correction2_sqrts)
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
+
+
+def _fused_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1, beta2, eps,
+                weight_decay, has_weight_decay: bool, decoupled: bool, amsgrad: bool, maximize: bool):
+    """`_multi_tensor_adam` written for torch.compile (fused=True): per tensor, one pass.
+
+    The bias corrections of all tensors are computed first, in float64 as the eager rule's Python
+    floats, and returned: a returned value is computed once, where inductor would otherwise redo the
+    two powers inside every tensor's loop (20% of the step of d2l's MLP)."""
+    torch._foreach_add_(steps, 1)
+    t = torch.stack(steps).to(torch.float64)  # (n,): the step of each tensor
+    step_sizes = lr / (1 - beta1**t)
+    bias_correction2_sqrts = (1 - beta2**t).sqrt()
+    for i, (p, g, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        g = -g if maximize else g
+        if has_weight_decay:
+            if decoupled:
+                p.mul_(1 - lr * weight_decay)
+            else:
+                g = g + weight_decay * p
+        exp_avg.lerp_(g, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        if amsgrad:
+            max_exp_avg_sqs[i].copy_(torch.maximum(max_exp_avg_sqs[i], exp_avg_sq))
+            exp_avg_sq = max_exp_avg_sqs[i]
+        # the scalars rounded to the param's dtype, as the eager rule's Python floats are
+        denom = exp_avg_sq.sqrt() / bias_correction2_sqrts[i].to(p.dtype) + eps
+        p.sub_(step_sizes[i].to(p.dtype) * (exp_avg / denom))
+    return step_sizes, bias_correction2_sqrts
+
+
+def compiled_adam(params, grads, states, group, hp) -> None:
+    """fused=True for Adam and AdamW: `_fused_adam` through torch.compile on each (device, dtype) bucket."""
+    check_fused_params(params)
+    flags = dict(has_weight_decay=hp["weight_decay"] != 0, decoupled=hp["decoupled_weight_decay"],
+                 amsgrad=hp["amsgrad"], maximize=hp["maximize"])  # fmt: skip
+    scalars = {k: hp[k] for k in ("lr", "beta1", "beta2", "eps", "weight_decay")}
+    for ps, gs, ss in split_by_device_and_dtype(params, grads, states):
+        lists = (
+            ps, gs, [s["exp_avg"] for s in ss], [s["exp_avg_sq"] for s in ss],
+            [s["max_exp_avg_sq"] for s in ss] if hp["amsgrad"] else [], [s["step"] for s in ss],
+        )  # fmt: skip
+        run_compiled(_fused_adam, flags, lists, scalars)
 
 
 class Adam(Optimizer):
@@ -131,7 +199,7 @@ class Adam(Optimizer):
         self,
         params,
         lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0,
         amsgrad: bool = False,
@@ -143,6 +211,10 @@ class Adam(Optimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
     ) -> None:
+        # torch's checks, in torch's order and words (a tensor lr or betas and an explicit foreach
+        # are refused: torch's foreach path computes bias corrections with Python floats)
+        if isinstance(lr, Tensor) and foreach and not capturable:
+            raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
         check_lr(lr)
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
@@ -151,15 +223,22 @@ class Adam(Optimizer):
         if not 0.0 <= betas[1] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         check_nonnegative("weight_decay", weight_decay)
-        reject_unimplemented(
-            type(self).__name__, capturable=capturable, differentiable=differentiable, fused=fused
-        )
+        if not (all(isinstance(b, float) for b in betas) or all(isinstance(b, Tensor) for b in betas)):
+            raise ValueError("betas must be either both floats or both Tensors")
+        for i, b in enumerate(betas):
+            if isinstance(b, Tensor):
+                if foreach and not capturable:
+                    raise ValueError(f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True")
+                if b.numel() != 1:
+                    raise ValueError(f"Tensor betas[{i}] must be 1-element")
+        reject_unimplemented(type(self).__name__, capturable=capturable)
         defaults = dict(
-            lr=lr, betas=tuple(as_float(b) for b in betas), eps=eps, weight_decay=weight_decay,
+            lr=lr, betas=tuple(to_scalar(b) for b in betas), eps=eps, weight_decay=weight_decay,
             amsgrad=amsgrad, maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
         super().__init__(params, defaults)
+        check_impl_flags(foreach, fused, differentiable)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -174,27 +253,35 @@ class Adam(Optimizer):
 
     @staticmethod
     def _init_state(p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["step"] = new_step()
+        state["step"] = new_step(p, fused=bool(group["fused"]))
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    @torch.no_grad()
+    @step_grad_mode
     def step(self, closure=None):
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
         loss = closure_loss(closure)
         for group in self.param_groups:
-            params, grads, states = params_with_grad(self, group, self._init_state)
+            params, grads, states, _ = params_with_grad(
+                self, group, self._init_state,
+                sparse_message="Adam does not support sparse gradients, please consider SparseAdam instead",
+            )  # fmt: skip
             if not params:
                 continue
             beta1, beta2 = group["betas"]
             hp = dict(
-                lr=as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-                weight_decay=group["weight_decay"], amsgrad=group["amsgrad"],
-                maximize=group["maximize"], decoupled_weight_decay=group["decoupled_weight_decay"],
+                lr=to_scalar(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
+                weight_decay=group["weight_decay"], amsgrad=group["amsgrad"], maximize=group["maximize"],
+                decoupled_weight_decay=group["decoupled_weight_decay"], differentiable=group["differentiable"],
             )  # fmt: skip
-            apply_rule(params, grads, states, group, hp, self._rule, _multi_tensor_adam)
+            # tensor lr or betas: the per-tensor rule (torch refuses them on its foreach path)
+            per_tensor_only = group["differentiable"] or any_tensor(group["lr"], beta1, beta2)
+            apply_rule(
+                params, grads, states, group, hp, self._rule, _multi_tensor_adam,
+                per_tensor_only=per_tensor_only, compiled_rule=compiled_adam,
+            )  # fmt: skip
         return loss
 
     # the readable per-tensor ground truth that foreach=False runs (AdamW substitutes `adamw`)

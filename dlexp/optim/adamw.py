@@ -16,19 +16,19 @@ from dlexp.optim.adam import Adam, adam
 __all__ = ["AdamW", "adamw"]
 
 
-@torch.no_grad()
 def adamw(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
+    lr: float | Tensor,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
     eps: float,
     weight_decay: float,
     amsgrad: bool,
     maximize: bool,
+    differentiable: bool = False,
 ) -> None:
     r"""One AdamW step for one tensor, in place on `param` and `state` (the readable ground truth).
 
@@ -45,7 +45,7 @@ def adamw(
         param.mul_(1 - lr * weight_decay)  # decoupled: never enters v_t or s_t
     adam(
         param, grad, state, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=0,
-        amsgrad=amsgrad, maximize=maximize,
+        amsgrad=amsgrad, maximize=maximize, differentiable=differentiable,
     )  # fmt: skip
 
 
@@ -56,7 +56,7 @@ class AdamW(Adam):
         self,
         params,
         lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         amsgrad: bool = False,

@@ -15,35 +15,41 @@ from torch import Tensor
 
 from dlexp.optim._common import (
     Optimizer,
+    any_tensor,
     apply_rule,
-    closure_loss,
-    as_float,
+    check_impl_flags,
     check_lr,
     check_nonnegative,
+    closure_loss,
     increment_steps,
     member_view,
     new_step,
     params_with_grad,
     reject_unimplemented,
     scalar_dtype,
+    split_by_device_and_dtype,
+    step_grad_mode,
+    to_scalar,
+    view_as_real,
 )
+from dlexp.optim.compiled import check_fused_params, run_compiled
 
 __all__ = ["RMSprop", "rmsprop"]
 
 
-@torch.no_grad()
 def rmsprop(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     *,
-    lr: float,
+    lr: float | Tensor,
     alpha: float,
     eps: float,
     weight_decay: float,
     momentum: float,
     centered: bool,
     maximize: bool,
+    differentiable: bool = False,
 ) -> None:
     r"""One RMSProp step for one tensor, in place on `param` and `state` (the readable ground truth).
 
@@ -59,29 +65,35 @@ def rmsprop(
 
     d2l's from-scratch code uses sqrt(s_t + eps) with eps=1e-6; torch (and so this code) adds eps
     after the root, eps=1e-8. State: `step`, `square_avg`, `grad_avg`, `momentum_buffer`.
+    A complex parameter is a pair of real ones, as in torch. Call under `torch.no_grad()` unless
+    differentiating through the step (`differentiable=True`).
     """
     grad = grad if not maximize else -grad
     state["step"] += 1
     if weight_decay != 0:
         grad = grad.add(param, alpha=weight_decay)  # L2 in the gradient, torch's meaning
     square_avg = state["square_avg"]
+    if torch.is_complex(param):
+        param, grad, square_avg = torch.view_as_real(param), torch.view_as_real(grad), torch.view_as_real(square_avg)
     square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)  # s_t
     if centered:
         grad_avg = state["grad_avg"]
+        grad_avg = torch.view_as_real(grad_avg) if torch.is_complex(grad_avg) else grad_avg
         grad_avg.lerp_(grad, 1 - alpha)  # v_t; lerp, as torch.optim
         avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()  # sqrt(s_t - v_t^2)
     else:
         avg = square_avg.sqrt()
-    avg = avg.add_(eps)  # sqrt before eps, as torch.optim (d2l puts eps inside)
+    # sqrt before eps, as torch.optim (d2l puts eps inside); out of place when autograd records it
+    avg = avg.add(eps) if differentiable else avg.add_(eps)
     if momentum > 0:
         buf = state["momentum_buffer"]
+        buf = torch.view_as_real(buf) if torch.is_complex(buf) else buf
         buf.mul_(momentum).addcdiv_(grad, avg)
         param.add_(buf, alpha=-lr)
     else:
         param.addcdiv_(grad, avg, value=-lr)
 
 
-@torch.no_grad()
 def _multi_tensor_rmsprop(
     params: list[Tensor],
     grads: list[Tensor],
@@ -94,12 +106,13 @@ def _multi_tensor_rmsprop(
     momentum: float,
     centered: bool,
     maximize: bool,
+    differentiable: bool = False,
 ) -> None:
     """`rmsprop` over a list of same-device, same-dtype tensors with `torch._foreach_*` ops (fast path)."""
-    square_avgs = [s["square_avg"] for s in states]
+    increment_steps([s["step"] for s in states])
+    params, grads, square_avgs = view_as_real(params, grads, [s["square_avg"] for s in states])
     if maximize:
         grads = torch._foreach_neg(grads)
-    increment_steps([s["step"] for s in states])
     if weight_decay != 0:
         if maximize:  # grads is already our own copy: reuse it
             torch._foreach_add_(grads, params, alpha=weight_decay)
@@ -108,7 +121,7 @@ def _multi_tensor_rmsprop(
     torch._foreach_mul_(square_avgs, alpha)
     torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
     if centered:
-        grad_avgs = [s["grad_avg"] for s in states]
+        (grad_avgs,) = view_as_real([s["grad_avg"] for s in states])
         torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
         avg = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
         torch._foreach_sqrt_(avg)
@@ -116,7 +129,7 @@ def _multi_tensor_rmsprop(
         avg = torch._foreach_sqrt(square_avgs)
     torch._foreach_add_(avg, eps)
     if momentum > 0:
-        bufs = [s["momentum_buffer"] for s in states]
+        (bufs,) = view_as_real([s["momentum_buffer"] for s in states])
         torch._foreach_mul_(bufs, momentum)
         torch._foreach_addcdiv_(bufs, grads, avg)
         torch._foreach_add_(params, bufs, alpha=-lr)
@@ -124,8 +137,46 @@ def _multi_tensor_rmsprop(
         torch._foreach_addcdiv_(params, grads, avg, value=-lr)
 
 
+def _fused_rmsprop(params, grads, square_avgs, grad_avgs, bufs, steps, *, lr, alpha, eps, weight_decay,
+                   momentum, has_weight_decay: bool, has_momentum: bool, centered: bool, maximize: bool) -> None:
+    """`_multi_tensor_rmsprop` written for torch.compile (fused=True): per tensor, one pass."""
+    for i, (p, g, square_avg, step) in enumerate(zip(params, grads, square_avgs, steps)):
+        step += 1
+        g = -g if maximize else g
+        if has_weight_decay:
+            g = g + weight_decay * p
+        square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)
+        if centered:
+            grad_avgs[i].lerp_(g, 1 - alpha)
+            avg = (square_avg - grad_avgs[i] * grad_avgs[i]).sqrt() + eps
+        else:
+            avg = square_avg.sqrt() + eps
+        if has_momentum:
+            bufs[i].mul_(momentum).add_(g / avg)
+            p.sub_(lr * bufs[i])
+        else:
+            p.sub_(lr * (g / avg))
+
+
+def compiled_rmsprop(params, grads, states, group, hp) -> None:
+    """fused=True for RMSprop (torch has no fused RMSprop): `_fused_rmsprop` through torch.compile."""
+    check_fused_params(params)
+    flags = dict(has_weight_decay=hp["weight_decay"] != 0, has_momentum=hp["momentum"] > 0,
+                 centered=hp["centered"], maximize=hp["maximize"])  # fmt: skip
+    scalars = {k: hp[k] for k in ("lr", "alpha", "eps", "weight_decay", "momentum")}
+    for ps, gs, ss in split_by_device_and_dtype(params, grads, states):
+        lists = (
+            ps, gs, [s["square_avg"] for s in ss], [s["grad_avg"] for s in ss] if hp["centered"] else [],
+            [s["momentum_buffer"] for s in ss] if hp["momentum"] > 0 else [], [s["step"] for s in ss],
+        )  # fmt: skip
+        run_compiled(_fused_rmsprop, flags, lists, scalars)
+
+
 class RMSprop(Optimizer):
-    """Hand-written `torch.optim.RMSprop`: same signature, defaults, state keys and results."""
+    """Hand-written `torch.optim.RMSprop`: same signature, defaults, state keys and results.
+
+    `fused=True` is not in torch's RMSprop signature (torch has no fused RMSprop); dlexp accepts it
+    as a keyword for its compiled path."""
 
     def __init__(
         self,
@@ -140,6 +191,8 @@ class RMSprop(Optimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        *,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         if not 0.0 <= eps:
@@ -147,13 +200,16 @@ class RMSprop(Optimizer):
         check_nonnegative("momentum", momentum)
         check_nonnegative("weight_decay", weight_decay)
         check_nonnegative("alpha", alpha)
-        reject_unimplemented("RMSprop", capturable=capturable, differentiable=differentiable)
+        reject_unimplemented("RMSprop", capturable=capturable)
         defaults = dict(
             lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
             weight_decay=weight_decay, capturable=capturable, foreach=foreach, maximize=maximize,
             differentiable=differentiable,
         )  # fmt: skip
+        if fused:  # only when asked: a state_dict of a plain RMSprop keeps torch's keys
+            defaults["fused"] = fused
         super().__init__(params, defaults)
+        check_impl_flags(foreach, fused, differentiable)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -167,27 +223,32 @@ class RMSprop(Optimizer):
 
     @staticmethod
     def _init_state(p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["step"] = new_step()
+        state["step"] = new_step(p, fused=bool(group.get("fused")))
         state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if group["momentum"] > 0:
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if group["centered"]:
             state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    @torch.no_grad()
+    @step_grad_mode
     def step(self, closure=None):
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
         loss = closure_loss(closure)
         for group in self.param_groups:
-            params, grads, states = params_with_grad(self, group, self._init_state)
+            params, grads, states, _ = params_with_grad(
+                self, group, self._init_state, sparse_message="RMSprop does not support sparse gradients"
+            )
             if not params:
                 continue
             hp = dict(
-                lr=as_float(group["lr"]), alpha=group["alpha"], eps=group["eps"],
+                lr=to_scalar(group["lr"]), alpha=group["alpha"], eps=group["eps"],
                 weight_decay=group["weight_decay"], momentum=group["momentum"],
-                centered=group["centered"], maximize=group["maximize"],
+                centered=group["centered"], maximize=group["maximize"], differentiable=group["differentiable"],
             )  # fmt: skip
-            apply_rule(params, grads, states, group, hp, rmsprop, _multi_tensor_rmsprop)
+            apply_rule(
+                params, grads, states, group, hp, rmsprop, _multi_tensor_rmsprop,
+                per_tensor_only=group["differentiable"] or any_tensor(group["lr"]), compiled_rule=compiled_rmsprop,
+            )  # fmt: skip
         return loss
 
 

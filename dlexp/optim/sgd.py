@@ -13,31 +13,35 @@ from torch import Tensor
 
 from dlexp.optim._common import (
     Optimizer,
+    any_tensor,
     apply_rule,
-    closure_loss,
-    as_float,
+    check_impl_flags,
     check_lr,
     check_nonnegative,
+    closure_loss,
     member_view,
     params_with_grad,
-    reject_unimplemented,
+    split_by_device_and_dtype,
+    step_grad_mode,
+    to_scalar,
 )
+from dlexp.optim.compiled import check_fused_params, run_compiled
 
 __all__ = ["SGD", "sgd"]
 
 
-@torch.no_grad()
 def sgd(
     param: Tensor,
     grad: Tensor,
     state: dict[str, Any],
     *,
-    lr: float,
+    lr: float | Tensor,
     momentum: float,
     dampening: float,
-    weight_decay: float,
+    weight_decay: float | Tensor,
     nesterov: bool,
     maximize: bool,
+    differentiable: bool = False,
 ) -> None:
     r"""One SGD step for one tensor, in place on `param` and `state` (the readable ground truth).
 
@@ -50,10 +54,21 @@ def sgd(
     d2l 12.6 writes the leaky average as v_t = beta v_{t-1} + g_t (no dampening, v_0 = 0), which is
     this rule with dampening=0; torch (and so this code) starts the buffer at v_1 = g_1 exactly,
     without the (1 - dampening) factor. State: `momentum_buffer` (v_t, shape of param).
+
+    Every operation is linear, so a complex parameter needs no special case, and a sparse gradient
+    (`nn.Embedding(sparse=True)`) updates only the rows it touches (without momentum; with momentum
+    the buffer is sparse too, as in torch). Call under `torch.no_grad()` unless differentiating
+    through the step (`differentiable=True`; `lr` and `weight_decay` may then be tensors that
+    require grad).
     """
     grad = grad if not maximize else -grad
     if weight_decay != 0:
-        grad = grad.add(param, alpha=weight_decay)  # L2 in the gradient, torch's meaning
+        if grad.is_sparse:
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+        if isinstance(weight_decay, Tensor) and weight_decay.requires_grad:
+            grad = grad.addcmul_(param.clone(), weight_decay)  # differentiable in weight_decay
+        else:
+            grad = grad.add(param, alpha=weight_decay)  # L2 in the gradient, torch's meaning
     if momentum != 0:
         buf = state.get("momentum_buffer")
         if buf is None:
@@ -62,10 +77,12 @@ def sgd(
         else:
             buf.mul_(momentum).add_(grad, alpha=1 - dampening)
         grad = grad.add(buf, alpha=momentum) if nesterov else buf
-    param.add_(grad, alpha=-lr)
+    if isinstance(lr, Tensor) and lr.requires_grad:
+        param.addcmul_(grad, lr, value=-1)  # differentiable in lr
+    else:
+        param.add_(grad, alpha=-lr)
 
 
-@torch.no_grad()
 def _multi_tensor_sgd(
     params: list[Tensor],
     grads: list[Tensor],
@@ -77,8 +94,11 @@ def _multi_tensor_sgd(
     weight_decay: float,
     nesterov: bool,
     maximize: bool,
+    differentiable: bool = False,
 ) -> None:
-    """`sgd` over a list of same-device, same-dtype tensors with `torch._foreach_*` ops (fast path)."""
+    """`sgd` over a list of same-device, same-dtype tensors with `torch._foreach_*` ops (fast path).
+
+    Every operation is linear: complex tensors need no real view here either."""
     if maximize:
         grads = torch._foreach_neg(grads)
     if weight_decay != 0:
@@ -108,6 +128,38 @@ def _multi_tensor_sgd(
     torch._foreach_add_(params, grads, alpha=-lr)
 
 
+def _fused_sgd(params, grads, bufs, *, lr, momentum, dampening, weight_decay,
+               has_weight_decay: bool, has_momentum: bool, nesterov: bool, maximize: bool) -> None:
+    """`_multi_tensor_sgd` written for torch.compile (fused=True): the same operations, per tensor,
+    which inductor fuses into one pass over memory. Scalars are 0-dim tensors; every momentum buffer
+    exists (the first step runs the per-tensor rule, which creates them)."""
+    for i, (p, g) in enumerate(zip(params, grads)):
+        g = -g if maximize else g
+        if has_weight_decay:
+            g = g + weight_decay * p
+        if has_momentum:
+            buf = bufs[i]
+            buf.mul_(momentum).add_(g * (1 - dampening))
+            g = g + momentum * buf if nesterov else buf
+        p.sub_(lr * g)
+
+
+def compiled_sgd(params, grads, states, group, hp) -> None:
+    """fused=True for SGD: `_fused_sgd` through torch.compile on each (device, dtype) bucket."""
+    check_fused_params(params)
+    momentum = hp["momentum"]
+    if momentum != 0 and any("momentum_buffer" not in s for s in states):
+        for p, g, s in zip(params, grads, states):  # the first step: buffers are created from g
+            sgd(p, g, s, **hp)
+        return
+    flags = dict(has_weight_decay=hp["weight_decay"] != 0, has_momentum=momentum != 0,
+                 nesterov=hp["nesterov"], maximize=hp["maximize"])  # fmt: skip
+    scalars = {k: hp[k] for k in ("lr", "momentum", "dampening", "weight_decay")}
+    for ps, gs, ss in split_by_device_and_dtype(params, grads, states):
+        bufs = [s["momentum_buffer"] for s in ss] if momentum != 0 else []
+        run_compiled(_fused_sgd, flags, (ps, gs, bufs), scalars)
+
+
 class SGD(Optimizer):
     """Hand-written `torch.optim.SGD`: same signature, defaults, state keys and results."""
 
@@ -130,13 +182,13 @@ class SGD(Optimizer):
         check_nonnegative("weight_decay", weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        reject_unimplemented("SGD", differentiable=differentiable, fused=fused)
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
             nesterov=nesterov, maximize=maximize, foreach=foreach,
             differentiable=differentiable, fused=fused,
         )  # fmt: skip
         super().__init__(params, defaults)
+        check_impl_flags(foreach, fused, differentiable)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -147,22 +199,28 @@ class SGD(Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", False)
 
-    @torch.no_grad()
+    @step_grad_mode
     def step(self, closure=None):
         """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
         loss = closure_loss(closure)
         for group in self.param_groups:
-            params, grads, _ = params_with_grad(self, group, None)
+            params, grads, _, has_sparse = params_with_grad(self, group, None)
             if not params:
                 continue
+            if group["fused"] and has_sparse:
+                raise RuntimeError("`_fused_sgd` does not support sparse gradients")
             # torch keeps no state at all for momentum=0; otherwise only `momentum_buffer`, lazily
             states = [self.state[p] for p in params] if group["momentum"] != 0 else [{}] * len(params)
             hp = dict(
-                lr=as_float(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
-                weight_decay=as_float(group["weight_decay"]), nesterov=group["nesterov"],
-                maximize=group["maximize"],
+                lr=to_scalar(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
+                weight_decay=group["weight_decay"], nesterov=group["nesterov"],
+                maximize=group["maximize"], differentiable=group["differentiable"],
             )  # fmt: skip
-            apply_rule(params, grads, states, group, hp, sgd, _multi_tensor_sgd)
+            per_tensor_only = has_sparse or group["differentiable"] or any_tensor(group["lr"], group["weight_decay"])
+            apply_rule(
+                params, grads, states, group, hp, sgd, _multi_tensor_sgd,
+                per_tensor_only=per_tensor_only, compiled_rule=compiled_sgd,
+            )  # fmt: skip
         return loss
 
 
