@@ -584,6 +584,16 @@ class Objective:
         from dlexp.runner import execute
 
         _, splits = self.data(cfg.dataset)
+        columns = {"study": self.study_name, "trial": trial.number}
+        run_id, summary = execute(
+            cfg, splits, extra_meta=self.extra_meta, extra_columns=columns, on_epoch=self._pruning(trial), stop_on=(optuna.TrialPruned,)
+        )
+        return self._conclude(trial, run_id, summary)
+
+    def _pruning(self, trial) -> Callable[[int, list[dict[str, Any]]], None]:
+        """A trial run's `on_epoch`: report the metric, raise TrialPruned when the pruner says so."""
+        import optuna
+
         split, metric = self.metric.split("/", 1)
 
         def on_epoch(epoch: int, records: list[dict[str, Any]]) -> None:
@@ -594,10 +604,12 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}: {self.metric} {value:.4g}")
 
-        columns = {"study": self.study_name, "trial": trial.number}
-        run_id, summary = execute(
-            cfg, splits, extra_meta=self.extra_meta, extra_columns=columns, on_epoch=on_epoch, stop_on=(optuna.TrialPruned,)
-        )
+        return on_epoch
+
+    def _conclude(self, trial, run_id: str | None, summary: dict[str, Any]) -> float:
+        """The trial's value from its run's summary; a pruned or diverged run raises TrialPruned."""
+        import optuna
+
         if summary["status"] == "pruned":  # the pruner stopped it: the run folder says so too
             trial.set_user_attr("run_id", run_id)
             trial.set_user_attr("epochs", summary["epochs_completed"])
@@ -617,6 +629,84 @@ class Objective:
             trial.set_user_attr("reason", reason)
             raise optuna.TrialPruned(f"diverged: {reason}")
         return float(value)
+
+    def _failed(self, trial, e: BaseException) -> None:
+        """The trial's status and reason for an exception, as `__call__` records them."""
+        import optuna
+
+        if isinstance(e, KeyboardInterrupt):
+            trial.set_user_attr("status", "interrupted")
+            trial.set_user_attr("reason", "interrupted (Ctrl-C)")
+        elif not isinstance(e, optuna.TrialPruned):
+            trial.set_user_attr("status", "surplus" if isinstance(e, _Surplus) else "failed")
+            trial.set_user_attr("reason", mask(f"{type(e).__name__}: {e}" if not isinstance(e, _Surplus) else str(e)))
+
+    def batch(self, study, n: int, on_trial: Callable[[Any], None] | None = None) -> list[Any]:
+        """`--vectorize N`: n trials at once (Optuna's ask/tell). Each is sampled and composed as
+        `__call__` does; those whose configs can share a stacked model train as one vectorized group
+        (dlexp.vectorize; a member the pruner stops, or that diverges, is frozen while the others go
+        on), the others alone; each trial is then told its own value, pruned or failed. Returns the
+        frozen trials."""
+        import contextlib
+
+        import optuna
+        from optuna.storages._heartbeat import get_heartbeat_thread
+        from optuna.trial import TrialState
+
+        from dlexp.runner import Member, execute_group
+
+        trials = [study.ask() for _ in range(n)]
+        frozen: dict[int, Any] = {}
+
+        def tell(trial, value: float | None = None, error: BaseException | None = None) -> None:
+            if error is not None:
+                self._failed(trial, error)
+            state = TrialState.COMPLETE if error is None else TrialState.PRUNED if isinstance(error, optuna.TrialPruned) else TrialState.FAIL
+            frozen[trial.number] = study.tell(trial, value if error is None else None, state=state, skip_if_finished=True)
+            if on_trial is not None:
+                on_trial(frozen[trial.number])
+
+        with contextlib.ExitStack() as beats:
+            for trial in trials:  # a database storage's liveness record, as study.optimize keeps one
+                beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+            try:
+                ready = []
+                for trial in trials:
+                    try:
+                        self.claim(trial)
+                        values = suggest(self.space, trial)
+                        trial.set_user_attr("overrides", overrides(self.space, self.fixed, values))
+                        ready.append((trial, self.compose(values)))
+                    except Exception as e:
+                        tell(trial, error=e)
+                for group in _stackable(ready, self.data):
+                    if len(group) == 1:
+                        trial, cfg = group[0]
+                        try:
+                            tell(trial, self._run(trial, cfg))
+                        except Exception as e:
+                            tell(trial, error=e)
+                        continue
+                    cfgs = [cfg for _, cfg in group]
+                    members = [Member(extra_meta=self.extra_meta, extra_columns={"study": self.study_name, "trial": t.number},
+                                      on_epoch=self._pruning(t)) for t, _ in group]
+                    try:
+                        ran = execute_group(cfgs, [self.data(cfgs[0].dataset)[1]] * len(cfgs), members, stop_on=(optuna.TrialPruned,))
+                    except Exception as e:
+                        for trial, _ in group:
+                            tell(trial, error=e)
+                        continue
+                    for (trial, _), (run_id, summary) in zip(group, ran):
+                        try:
+                            tell(trial, self._conclude(trial, run_id, summary))
+                        except Exception as e:
+                            tell(trial, error=e)
+            except KeyboardInterrupt as e:
+                for trial in trials:
+                    if trial.number not in frozen:
+                        tell(trial, error=e)
+                raise
+        return [frozen[t.number] for t in trials]
 
     def _cross_validate(self, trial, cfg) -> float:
         import optuna
@@ -655,6 +745,30 @@ class Objective:
         return float(res.mean)
 
 
+def _stackable(ready: list[tuple[Any, Any]], data: Callable[[Any], Any]) -> list[list[tuple[Any, Any]]]:
+    """Trials (trial, cfg) cut into vectorized groups as `dlexp.study.vectorize_groups` cuts a grid's
+    points: by `vectorize.group_key`, where stacking pays, at most `vectorize.max_members` each."""
+    from dlexp import vectorize as vz
+    from dlexp.train import resolve_device
+
+    keyed: dict[str, list[tuple[Any, Any]]] = {}
+    groups: list[list[tuple[Any, Any]]] = []
+    for trial, cfg in ready:
+        if vz.alone_reason(cfg) is not None:
+            groups.append([(trial, cfg)])
+        else:
+            keyed.setdefault(vz.group_key(cfg), []).append((trial, cfg))
+    for members in keyed.values():
+        cfg = members[0][1]
+        splits = data(cfg.dataset)[1]
+        device = resolve_device(cfg.trainer.device)
+        if len(members) == 1 or not vz.pays(cfg, splits, device):
+            groups += [[m] for m in members]
+        else:
+            groups += vz.chunks(members, vz.max_members(cfg, splits, device))
+    return groups
+
+
 def counts(study) -> dict[str, int]:
     from collections import Counter
 
@@ -670,7 +784,7 @@ def heartbeat_enabled(study) -> bool:
 
 def work(study, objective: Objective, n_trials: int, *, deadline: float | None = None,
          on_trial: Callable[[Any], None] | None = None, on_wait: Callable[[dict[str, int]], None] | None = None,
-         max_failures: int | None = None) -> str:
+         max_failures: int | None = None, vectorize: int = 1) -> str:
     """Run trials until the study has `n_trials` finished (complete + pruned) ones, in total over all
     workers. Returns why it stopped: done | exhausted (a grid) | timeout | failures | stuck.
 
@@ -678,6 +792,8 @@ def work(study, objective: Objective, n_trials: int, *, deadline: float | None =
     WAITING (retried) trial -> run it; finished + running < n -> run a new one; else wait for the
     running ones (they may fail and free a slot). Without a heartbeat (journal storage) a worker does
     not wait for RUNNING trials, which might belong to a dead process: it stops (`stuck`).
+    `vectorize` N > 1: up to N new trials at a time (`Objective.batch`), never more than the study
+    still needs.
     """
     import warnings
 
@@ -716,12 +832,16 @@ def work(study, objective: Objective, n_trials: int, *, deadline: float | None =
             time.sleep(min(1.0, interval or 1.0))
             continue
         last.clear()
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[remember], gc_after_trial=False)
-        frozen = last.get("trial")
-        if frozen is not None and frozen.state.name == "FAIL" and frozen.user_attrs.get("status") != "surplus":
-            failures += 1
-            if failures >= max_failures:
-                return "failures"
+        if vectorize > 1:
+            ended = objective.batch(study, max(1, min(vectorize, n_trials - finished - c["RUNNING"])), on_trial=on_trial)
+        else:
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[remember], gc_after_trial=False)
+            ended = [last["trial"]] if "trial" in last else []
+        for frozen in ended:
+            if frozen.state.name == "FAIL" and frozen.user_attrs.get("status") != "surplus":
+                failures += 1
+        if failures >= max_failures:
+            return "failures"
 
 
 # ---------------------------------------------------------------------------------------------------

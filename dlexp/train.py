@@ -525,10 +525,11 @@ def train(
                     m = alive[i]
                     results[m] = Result(status=status[m], records=records[m], model=g.model.member_model(i), epochs_completed=epoch,
                                         steps=step, duration_s=time.perf_counter() - start, reason=reason[m], device=str(device))
+                if len(ended) == len(alive):
+                    alive = []
+                    break
                 g.keep([i for i in range(len(alive)) if i not in ended])
                 alive = g.alive
-                if not alive:
-                    break
     except KeyboardInterrupt:
         for m in alive:
             status[m], reason[m] = "interrupted", f"interrupted in epoch {epoch}"

@@ -274,3 +274,10 @@ def test_a_group_resumed_from_its_checkpoints_continues_bit_identically(make_cfg
     single = train(cfgs[1], splits)
     assert comparable(alone) == comparable(single)
     assert rel_diff(values(alone), values(single)) <= TOLERANCE[torch.float32]
+
+
+def test_a_group_whose_members_all_end_in_one_epoch_ends_there(make_cfg):
+    members = [["seed=0", "optimizer.lr=1e10"], ["seed=1", "optimizer.lr=1e12"]]
+    singles, grouped = run_both(make_cfg, members)
+    assert [r.status for r in grouped] == ["diverged", "diverged"]
+    assert_same_runs(singles, grouped, TOLERANCE[torch.float32])

@@ -199,3 +199,64 @@ def test_status_shows_a_group_s_runs_like_any_others(cli, results_dir):
     res = cli("status", str(results_dir))
     assert res.exit_code == 0, res.output
     assert "grid" in res.stdout and " 3 " in res.stdout
+
+
+# ---- sweeps --------------------------------------------------------------------------------------
+
+
+def test_a_vectorized_sweep_asks_n_trials_at_once_and_keeps_the_meaning_of_trials(cli, results_dir):
+    args = ["sweep", "sweep=lr_wd", "trainer.epochs=2", "trainer.batch_size=128", "trainer.device=cpu", *ONE,
+            f"results_dir={results_dir}", "--pruner", "none", "--vectorize", "3"]
+    res = cli(*args, "--trials", "7")
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(next((results_dir / "sweeps").glob("*.trials.csv")))
+    assert len(table) == 7 and set(table.state) == {"COMPLETE"} and table.value.notna().all()
+    sizes = sorted(meta(d).get("group", {}).get("members", 1) for d in run_dirs(results_dir))
+    assert sizes == [1, 3, 3, 3, 3, 3, 3]  # 3 + 3 + the 1 still needed
+    assert {summary(d)["trial"] for d in run_dirs(results_dir)} == set(range(7))
+    again = cli(*args, "--trials", "9")  # --trials is the study's total: 2 more, one group of 2
+    assert again.exit_code == 0, again.output
+    table = pd.read_csv(next((results_dir / "sweeps").glob("*.trials.csv")))
+    assert len(table) == 9 and len(run_dirs(results_dir)) == 9
+
+
+def test_a_pruned_member_of_a_sweep_group_is_frozen_and_the_others_are_their_single_runs(tmp_path):
+    """Trial 1's lr is too small to reach val/acc 0.2 by epoch 1: the threshold pruner stops it there,
+    its run folder says pruned; trials 0 and 2 train all their epochs and get the values the same
+    trials get trained alone."""
+    import optuna
+
+    from dlexp import sweep as sw
+    from dlexp.cli.sweep import _objective
+
+    torch.set_num_threads(1)
+    values = []
+    for vectorize in (3, 1):
+        results = tmp_path / f"v{vectorize}"
+        plan = dict(argv=["dlexp", "sweep"], study="p", space=sw.load_space("lr_wd"), target="sqlite:///x.db", metric="val/acc",
+                    direction="maximize", trials=3, fixed=[*SMALL, "trainer.epochs=3", "trainer.batch_size=64", *ONE,
+                                                           f"results_dir={results}"],
+                    config_dir=None, cv=None, pruner="median")
+        study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.2))
+        for lr in (0.1, 1e-4, 0.3):
+            study.enqueue_trial({"optimizer.lr": lr, "decay": "off"})
+        assert sw.work(study, _objective(plan), 3, vectorize=vectorize) == "done"
+        trials = sorted(study.trials, key=lambda t: t.number)
+        assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE"]
+        pruned = summary(results / "runs" / trials[1].user_attrs["run_id"])
+        assert pruned["status"] == "pruned" and pruned["epochs_completed"] == 1
+        values.append([trials[0].value, trials[2].value])
+        if vectorize == 3:
+            assert meta(results / "runs" / trials[0].user_attrs["run_id"])["group"]["members"] == 3
+    assert values[0] == pytest.approx(values[1], rel=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--vectorize", "0"], "--vectorize: the trials asked at once, must be >= 1, got 0"),
+    (["--vectorize", "4", "--cv", "3"], "--vectorize: not with --cv (a trial's folds train one after another); "
+                                        "use dlexp kfold --vectorize to stack folds"),
+])
+def test_bad_sweep_vectorize_options_are_one_line_exit_2(cli, results_dir, args, message):
+    res = cli("sweep", "sweep=lr_wd", *SMALL, f"results_dir={results_dir}", *args)
+    assert res.exit_code == 2 and res.stderr.strip() == f"error: {message}"
+    assert not run_dirs(results_dir)

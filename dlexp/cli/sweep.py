@@ -25,6 +25,7 @@ def sweep(
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Trials at once on this machine, each worker its own process on the same storage.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Sampler seed: one job and the same seed give the same sequence of trials.")] = 0,
     cv: Annotated[Optional[int], typer.Option("--cv", help="Optimize the K-fold cross-validation score (mean over K folds); pruning sees each fold.")] = None,
+    vectorize: Annotated[int, typer.Option("--vectorize", help="Ask Optuna for N trials at once and train those that can share one stacked model as one group (see README, Vectorized runs); --trials keeps its meaning.")] = 1,
     storage: Annotated[Optional[str], typer.Option("--storage", help="Where the study lives: default results/sweeps/<study>.db (SQLite); any Optuna database URL (postgresql+psycopg://user:pw@host/db, shared by workers on several machines); a .db file; or an Optuna journal file: journal:PATH, *.log, *.jsonl (no crash recovery).")] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="Study name; default <sweep>-<hash of the fixed overrides, metric and --cv>, so the same command resumes.")] = None,
     heartbeat: Annotated[int, typer.Option("--heartbeat", help="Seconds between a running trial's liveness records (database storages); a trial silent for 3 beats is failed and retried once.")] = 10,
@@ -76,7 +77,7 @@ def sweep(
             plan = _plan(overrides, trials=trials, timeout=timeout, sampler=sampler, pruner=pruner, metric=metric,
                          direction=direction, jobs=jobs, seed=seed, cv=cv, storage=storage, study=study,
                          heartbeat=heartbeat, config_dir=config_dir, debug=debug, slurm=slurm, workers=1 if workers is None else workers,
-                         no_wait=no_wait, worker_index=worker_index)
+                         no_wait=no_wait, worker_index=worker_index, vectorize=vectorize)
         except ConfigError as e:
             raise ConfigError(sw.mask(str(e), storage)) from None
         raise typer.Exit(_execute(plan, quiet=quiet))
@@ -116,6 +117,11 @@ def _plan(overrides: list[str], **o) -> dict[str, Any]:
         raise ConfigError(f"--study: use 1-100 letters, digits, '.', '_' or '-', got {o['study']!r}")
     if o["workers"] < 1:
         raise ConfigError(f"--workers: must be >= 1, got {o['workers']}")
+    if o["vectorize"] < 1:
+        raise ConfigError(f"--vectorize: the trials asked at once, must be >= 1, got {o['vectorize']}")
+    if o["vectorize"] > 1 and o["cv"]:
+        raise ConfigError("--vectorize: not with --cv (a trial's folds train one after another); "
+                          "use dlexp kfold --vectorize to stack folds")
     if o["worker_index"] < 0:
         raise ConfigError(f"--worker-index: must be >= 0, got {o['worker_index']}")
     if o["slurm"] is not None:
@@ -242,7 +248,8 @@ def _process_worker(plan: dict[str, Any], worker: int, existing: int, threads: i
 def _work(study, plan, deadline, on_trial=None, on_wait=None) -> str:
     from dlexp import sweep as sw
 
-    return sw.work(study, _objective(plan), plan["trials"], deadline=deadline, on_trial=on_trial, on_wait=on_wait)
+    return sw.work(study, _objective(plan), plan["trials"], deadline=deadline, on_trial=on_trial, on_wait=on_wait,
+                   vectorize=plan.get("vectorize", 1))
 
 
 def _execute(plan: dict[str, Any], quiet: bool) -> int:
@@ -324,7 +331,7 @@ def _worker_argv(plan: dict[str, Any], worker: int) -> list[str]:
             "--pruner", plan["pruner"], "--metric", plan["metric"], "--direction", plan["direction"], "--jobs", str(plan["jobs"]),
             "--seed", str(plan["seed"]), "--storage", storage, "--study", plan["study"], "--heartbeat", str(plan["heartbeat"]),
             "--worker-index", str(worker * plan["jobs"]), "--quiet"]
-    for flag, key in (("--timeout", "timeout"), ("--cv", "cv"), ("--config-dir", "config_dir")):
+    for flag, key in (("--timeout", "timeout"), ("--cv", "cv"), ("--config-dir", "config_dir"), ("--vectorize", "vectorize")):
         if plan[key] is not None:
             argv += [flag, str(plan[key])]
     return argv + (["--debug"] if plan["debug"] else [])
