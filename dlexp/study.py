@@ -408,7 +408,7 @@ def vectorize_groups(points: list[Point], data: DataCache, max_members: int | No
         if len(ps) == 1:
             why = "nothing to stack with"
         elif not vz.pays(cfg, splits, device):
-            why = f"{cfg.model.name} on {cfg.dataset.name}: stacking does not pay on a CPU for a model this size"
+            why = f"{cfg.model.name} on {cfg.dataset.name}: stacking does not pay on a CPU for this model and batch size"
         else:
             shared = all(p.data[0] == "holdout" for p in ps)
             cap = max_members or vz.max_members(cfg, splits, device, shared)

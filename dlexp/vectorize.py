@@ -107,26 +107,36 @@ def group_key(cfg, steps_per_epoch: int | None = None) -> str:
 
 
 # The measured rule (benchmarks/vectorize.py, README "Vectorized runs"): on a CPU, stacking pays while a
-# member's step is small, and stops paying once one member's matrix products alone keep the cores busy.
-# Measured on this project's 2-core CPU: the digits MLP (64-256-10, batch 64: 1.2 M multiply-adds a
-# step) trains 2-5x faster stacked; the Fashion-MNIST MLP (784-256-10, batch 256: 52 M) 0.7-1.1x.
-CPU_MAX_STEP_WORK = 20_000_000  # multiply-adds of one member's forward pass of one batch
+# member is small: its parameters (the stack's weights, gradients and optimizer state stay in the caches)
+# and its step (one member's matrix products alone do not yet keep a core busy). Measured on this
+# project's 2-core CPU (shared, load average 1.8-4.9), N members against the same runs one after
+# another, 1 thread: the digits MLP (64-256-10, 19 k parameters) 2.1-2.2x at batch 64 (N=16, 1.2 M
+# multiply-adds a step), 1.3-1.6x at batch 1024 (19 M); Fashion-MNIST MLPs of 51 k and 102 k parameters
+# 1.1-1.4x; d2l's Fashion-MNIST MLP (784-256-10, 204 k parameters) 0.85-1.25x over N = 4, 16, 64 and
+# batch 64 and 256, slower in 4 of 7 measurements: no reliable gain, so it runs alone.
+CPU_MAX_PARAMS = 150_000  # one member's parameters: between the largest that paid (102 k) and 204 k
+CPU_MAX_STEP_WORK = 20_000_000  # multiply-adds of one member's forward pass of one batch (19 M still paid)
 
 
-def step_work(cfg, splits) -> int:
-    """Multiply-adds of one member's forward pass over one batch (the model's weights x batch size)."""
+def step_work(cfg, splits) -> tuple[int, int]:
+    """One member's parameter count and the multiply-adds of its forward pass over one batch (the
+    model's weights x batch size)."""
     from dlexp.models import build_model
 
     with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the global RNG alone
         model = build_model(cfg.model, splits.sample_shape, splits.num_outputs)
+    params = sum(p.numel() for p in model.parameters())
     weights = sum(p.numel() for p in model.parameters() if p.ndim >= 2)
-    return weights * int(cfg.trainer.batch_size)
+    return params, weights * int(cfg.trainer.batch_size)
 
 
 def pays(cfg, splits, device: torch.device) -> bool:
-    """Whether stacking is expected to beat running the members one after another (`CPU_MAX_STEP_WORK`).
-    On a GPU it always does: one d2l-sized model leaves it almost idle."""
-    return device.type != "cpu" or step_work(cfg, splits) <= CPU_MAX_STEP_WORK
+    """Whether stacking is expected to beat running the members one after another (`CPU_MAX_PARAMS`,
+    `CPU_MAX_STEP_WORK`). On a GPU it always does: one d2l-sized model leaves it almost idle."""
+    if device.type != "cpu":
+        return True
+    params, work = step_work(cfg, splits)
+    return params <= CPU_MAX_PARAMS and work <= CPU_MAX_STEP_WORK
 
 
 def member_bytes(cfg, splits, shared_data: bool) -> int:

@@ -109,6 +109,31 @@ def test_vectorize_max_splits_the_group(cli, results_dir):
     assert sizes == [1, 2, 2, 2, 2]
 
 
+def _digits_mlp_params(hidden: int) -> int:
+    return 64 * hidden + hidden + hidden * 10 + 10  # digits: 64 inputs, 10 classes
+
+
+# Beyond either measured limit of vectorize.pays (a member's parameters, its multiply-adds a step), on
+# a CPU: the points run alone and the grouping line says why. Each case crosses one limit only.
+@pytest.mark.parametrize("too_large", ["parameters", "step"])
+def test_a_shape_stacking_does_not_pay_for_runs_alone_and_the_line_says_so(cli, results_dir, too_large):
+    from dlexp import vectorize as vz
+
+    if too_large == "parameters":
+        hidden, batch = vz.CPU_MAX_PARAMS // 64 + 1, 16
+        assert _digits_mlp_params(hidden) > vz.CPU_MAX_PARAMS and (_digits_mlp_params(hidden) - hidden - 10) * batch <= vz.CPU_MAX_STEP_WORK
+    else:
+        hidden = 256
+        batch = vz.CPU_MAX_STEP_WORK // (_digits_mlp_params(hidden) - hidden - 10) + 1
+        assert _digits_mlp_params(hidden) <= vz.CPU_MAX_PARAMS
+    res = cli("run", "-m", "seed=0,1", f"model.hidden=[{hidden}]", f"trainer.batch_size={batch}", "trainer.epochs=1",
+              "trainer.device=cpu", *ONE, f"results_dir={results_dir}", "--vectorize")
+    assert res.exit_code == 0, res.output
+    assert "2 runs, none vectorized; alone: 2 (mlp on digits: stacking does not pay on a CPU for this model and batch size)" in res.stderr
+    runs = run_dirs(results_dir)
+    assert len(runs) == 2 and all("group" not in meta(d) and summary(d)["status"] == "ok" for d in runs)
+
+
 def test_kfold_vectorized_gives_the_fold_scores_of_kfold_alone(cli, tmp_path):
     args = ["--folds", "3", "-m", "optimizer.lr=0.1,0.05", "trainer.epochs=2", "trainer.batch_size=128", "trainer.device=cpu", *ONE]
     vec, plain = tmp_path / "vec", tmp_path / "plain"
