@@ -192,6 +192,27 @@ def bench_study(repeats: int) -> list[dict]:
     return rows
 
 
+def bench_vectorize(repeats: int) -> list[dict]:
+    import torch
+
+    import vectorize as vb
+
+    torch.set_num_threads(1)
+    rows = []
+    for r in vb.inprocess(repeats, (16,)):
+        stacks = r["stacks"]
+        target = ">= 2.0" if stacks else None
+        note = (f"{r['group']:.0f} vs {r['seq']:.0f} member-epochs/s, 1 thread"
+                + ("" if stacks else "; --vectorize runs this shape alone (vectorize.pays)"))
+        rows.append(row(f"{r['problem']} MLP: N=16 stacked / sequential (member-epochs/s)", r["ratio"], target,
+                        r["ratio"] >= 2.0 if stacks else None, note))
+    torch.set_num_threads(os.cpu_count() or 1)
+    c = vb.command(repeats)
+    rows.append(row("dlexp run -m (32 digits runs, 20 epochs): plain / --vectorize", c["ratio"], ">= 2.0", c["ratio"] >= 2.0,
+                    f"{c['plain']:.1f} s vs {c['vectorize']:.1f} s, median of {repeats} paired rounds"))
+    return rows
+
+
 BENCHES = {
     "train_loop": bench_train_loop,
     "optim_step": lambda r: bench_optim_step(100 * r + 100),
@@ -201,6 +222,7 @@ BENCHES = {
     "sweep": bench_sweep,
     "data_load": bench_data_load,
     "study": bench_study,
+    "vectorize": bench_vectorize,
 }
 
 
