@@ -202,7 +202,7 @@ def bench_vectorize(repeats: int) -> list[dict]:
     for r in vb.inprocess(repeats, (16,)):
         stacks = r["stacks"]
         target = ">= 2.0" if stacks else None
-        note = (f"{r['group']:.0f} vs {r['seq']:.0f} member-epochs/s, 1 thread"
+        note = (f"{r['group']:.1f} vs {r['seq']:.1f} member-epochs/s, 1 thread"
                 + ("" if stacks else "; --vectorize runs this shape alone (vectorize.pays)"))
         rows.append(row(f"{r['problem']} MLP: N=16 stacked / sequential (member-epochs/s)", r["ratio"], target,
                         r["ratio"] >= 2.0 if stacks else None, note))
