@@ -46,7 +46,8 @@ def meta(cfg, device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "torch_threads": torch.get_num_threads(),
+        # trainer.threads, or cores / jobs (dlexp.study.set_threads)
+        "threads": torch.get_num_threads(),
         # read by OpenMP when torch is imported; dlexp's CLI sets PASSIVE unless the user set it (cli/__init__.py)
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "command": sys.argv,
@@ -57,7 +58,6 @@ def meta(cfg, device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "started_unix": time.time(),  # just before the first batch: benchmarks measure start-up with it
     }
-    info["threads"] = torch.get_num_threads()  # trainer.threads, or cores / jobs (dlexp.study.set_threads)
     info["host"], info["pid"] = platform.node(), os.getpid()
     info.update(_git_state())
     info.update(extra or {})
