@@ -357,18 +357,7 @@ def grid(space: Space) -> dict[str, list[Any]]:
 # names, storage, sampler, pruner
 
 
-_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)")
-
-
-def mask(text: str, url: str | None = None) -> str:
-    """Hide passwords: `scheme://user:pw@host` -> `scheme://user:***@host` (and `pw` itself anywhere,
-    where `url` names it, since drivers sometimes repeat it in their messages)."""
-    text = str(text)
-    if url:
-        m = _PASSWORD.search(url)
-        if m and m.group("pw") and len(m.group("pw")) >= 3:
-            text = text.replace(m.group("pw"), "***") if m.group("pw") != "***" else text
-    return _PASSWORD.sub(lambda m: f"{m.group('head')}***{m.group('at')}", text)
+from dlexp.masking import mask, remember  # noqa: E402,F401  (sweep.mask: what report and the CLI call)
 
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -390,18 +379,53 @@ def storage_target(spec: str | None, results_dir: str | Path, study: str) -> tup
     .db/.sqlite/.sqlite3 -> that SQLite file.
     """
     if spec is None:
-        return "rdb", f"sqlite:///{(Path(results_dir) / 'sweeps' / f'{study}.db').resolve()}"
+        return "rdb", f"sqlite:///{_storage_file(Path(results_dir) / 'sweeps' / f'{study}.db', 'results_dir')}"
     if spec.startswith("journal:"):
-        return "journal", str(Path(spec[len("journal:"):]).expanduser().resolve())
+        return "journal", str(_storage_file(spec[len("journal:"):], f"--storage {spec}"))
     if "://" in spec:
+        remember(spec)
+        _check_url(spec)
         return "rdb", spec
     suffix = Path(spec).suffix.lower()
     if suffix in (".log", ".jsonl"):
-        return "journal", str(Path(spec).expanduser().resolve())
+        return "journal", str(_storage_file(spec, f"--storage {spec}"))
     if suffix in (".db", ".sqlite", ".sqlite3"):
-        return "rdb", f"sqlite:///{Path(spec).expanduser().resolve()}"
+        return "rdb", f"sqlite:///{_storage_file(spec, f'--storage {spec}')}"
     raise ConfigError(f"--storage {mask(spec)}: expected a database URL (sqlite:///..., postgresql+psycopg://...), "
                       "a .db file, or a journal file (journal:PATH, *.log, *.jsonl)")
+
+
+def _storage_file(path: str | Path, what: str) -> Path:
+    """The absolute path of a storage file, whose folder exists or can be made (not under a file)."""
+    try:
+        path = Path(path).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise ConfigError(f"{what}: cannot make the folder of {path}: {getattr(e, 'strerror', None) or e}") from None
+    if path.is_dir():
+        raise ConfigError(f"{what}: {path} is a folder; give a file")
+    return path
+
+
+def _check_url(url: str) -> None:
+    """A database URL that can work: a SQLite one names a file; a password holds no unencoded '@'
+    (SQLAlchemy would take the rest of the password for the host name, and send it to DNS)."""
+    from urllib.parse import urlsplit
+
+    scheme = url.split("://", 1)[0]
+    if scheme.split("+", 1)[0].lower() == "sqlite":
+        path = url.split("://", 1)[1].split("?", 1)[0]
+        if not path.startswith("/") or path in ("/", "/:memory:") or path.startswith("/file:"):
+            raise ConfigError(f"--storage {url}: give a SQLite file, as sqlite:///relative/path.db or sqlite:////absolute/path.db "
+                              "(an in-memory study is lost at exit, and --jobs workers could not share it)")
+        _storage_file(path[1:], f"--storage {url}")
+        return
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError as e:
+        raise ConfigError(f"--storage {mask(url, url)}: not a URL ({e})") from None
+    if netloc.count("@") > 1:
+        raise ConfigError(f"--storage {mask(url, url)}: the password holds an unencoded '@'; percent-encode it (@ is %40)")
 
 
 def open_storage(kind: str, target: str, heartbeat: int | None = 10):
@@ -421,9 +445,9 @@ def open_storage(kind: str, target: str, heartbeat: int | None = 10):
         except OSError as e:
             raise ConfigError(f"--storage journal:{target}: {e.strerror or e}") from None
     engine_kwargs: dict[str, Any] = {}
+    remember(target)  # a worker process masks what its parent masks
     if target.startswith("sqlite"):
-        path = Path(target.split(":///", 1)[1])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = _storage_file(target.split(":///", 1)[1].split("?", 1)[0], f"--storage {target}")
         _sqlite_wal(path)
         # several local workers: wait for the write lock instead of failing with "database is locked"
         engine_kwargs["connect_args"] = {"timeout": 120}

@@ -56,7 +56,9 @@ def main() -> None:
             print(ctx.get_help())
             sys.exit(0)
         where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-        message = " ".join(e.format_message().split())
-        print(f"error: {message}{where}", file=sys.stderr)
+        from dlexp.errors import one_line
+        from dlexp.masking import mask
+
+        print(f"error: {one_line(mask(e.format_message()))}{where}", file=sys.stderr)
         sys.exit(e.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
