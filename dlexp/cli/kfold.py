@@ -69,7 +69,7 @@ def kfold(
         if study is not None and not re.match(r"^[A-Za-z0-9_.-]{1,80}$", study):
             raise ConfigError(f"--study: use letters, digits, '.', '_' or '-', got {study!r}")
         grid = config.expand(list(overrides or []), multirun, config_dir)
-        cfgs = [config.compose(o, config_dir) for o in grid]
+        cfgs = config.compose_grid(grid, config_dir)
         datasets = {config.to_yaml(c.dataset) for c in cfgs}
         if len(datasets) > 1:
             raise ConfigError("dataset: every candidate must use the same data set, since the folds are shared")
@@ -85,8 +85,11 @@ def kfold(
         from dlexp.train import check_buildable
 
         first = fold_splits(source, fold_list[0])
-        for c in cfgs:
-            check_buildable(c, first)
+        for i, c in enumerate(cfgs):
+            try:
+                check_buildable(c, first)
+            except ConfigError as e:
+                raise config.point_error(grid, i, e) from None
         results_dir = cfgs[0].results_dir
         from dlexp.results import check_writable
 

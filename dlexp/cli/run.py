@@ -33,7 +33,7 @@ def run(
         if resume is not None:
             raise typer.Exit(_resume(resume, overrides, quiet))
         grid = config.expand(overrides, multirun, config_dir)
-        cfgs = [config.compose(o, config_dir) for o in grid]  # every point checked before any run starts
+        cfgs = config.compose_grid(grid, config_dir)  # every point checked before any run starts
         if cfg:
             # plain stdout, not rich: rich wraps long lines, which would break the YAML
             for o, c in zip(grid, cfgs):
@@ -46,7 +46,7 @@ def run(
         for c in {c.results_dir for c in cfgs}:
             check_writable(c)
         if len(cfgs) > 1:
-            _preflight(cfgs)
+            _preflight(cfgs, grid)
         if len(cfgs) == 1:
             status = _single(cfgs[0], quiet)
         else:
@@ -54,7 +54,7 @@ def run(
     raise typer.Exit(status)
 
 
-def _preflight(cfgs) -> None:
+def _preflight(cfgs, grid) -> None:
     """Every grid point's data, model, optimizer and schedule built before the first run (each data
     set loaded once): a bad point is exit 2 with nothing trained, with or without --jobs."""
     from dlexp import config
@@ -62,11 +62,14 @@ def _preflight(cfgs) -> None:
     from dlexp.train import check_buildable
 
     splits: dict[str, object] = {}
-    for c in cfgs:
+    for i, c in enumerate(cfgs):
         key = config.to_yaml(c.dataset)
-        if key not in splits:
-            splits[key] = load_splits(c.dataset)
-        check_buildable(c, splits[key])
+        try:
+            if key not in splits:
+                splits[key] = load_splits(c.dataset)
+            check_buildable(c, splits[key])
+        except config.ConfigError as e:
+            raise config.point_error(grid, i, e) from None
 
 
 def _resume(resume: str, overrides: list[str], quiet: bool) -> int:
