@@ -90,7 +90,8 @@ def read_yaml(path: str | Path, load: bool = True) -> Any:
         if len(data) > MAX_YAML_BYTES:
             raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MiB; a config file is a few lines")
         text = data.decode("utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _measure(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        return yaml.safe_load(text) if load else None
     except ConfigError:
         raise
     except UnicodeDecodeError:
@@ -103,8 +104,6 @@ def read_yaml(path: str | Path, load: bool = True) -> Any:
         raise ConfigError(f"{path}: nested too deeply (at most {MAX_YAML_DEPTH} levels)") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
-    _measure(node, path)
-    return yaml.safe_load(text) if load else None
 
 
 def _measure(root, path: Path) -> None:
@@ -638,14 +637,12 @@ def load_run_config(path: str | Path) -> Any:
     config file from a results folder that asks for anything else, such as a Hydra `_target_`
     pointing at arbitrary code, is refused.
     """
-    import yaml
     from omegaconf import OmegaConf
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read the run's config: {_first_line(str(e))}") from None
+    if path.is_symlink():
+        raise ConfigError(f"{path}: a symlink; a run folder holds plain files")
+    data = read_yaml(path)  # bounded: a config.yaml edited into an anchor bomb is refused too
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: not a config mapping")
     targets = _find_targets(data)

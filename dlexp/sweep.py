@@ -34,6 +34,11 @@ from dlexp import config
 from dlexp.errors import ConfigError
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
+# Optuna stores a categorical's choices with every trial, and dlexp composes a config per choice before
+# the first trial; a space of 10**6 choices would run silently for minutes. Past these bounds a space
+# is refused: a range of numbers is an int or float parameter with a step, not a list.
+MAX_CHOICES = 1000
+MAX_GRID = 100_000
 PRUNERS = ("median", "hyperband", "wilcoxon", "none")
 # A trial counts towards --trials once it is finished: complete or pruned. Failed trials do not.
 FINISHED = ("COMPLETE", "PRUNED")
@@ -80,18 +85,14 @@ def available(config_dir: str | Path | None = None) -> dict[str, Path]:
 
 
 def load_space(name: str, config_dir: str | Path | None = None) -> Space:
-    import yaml
-
     files = available(config_dir)
     if name not in files:
         raise ConfigError(f"sweep={name}: unknown search space; choose one of: {', '.join(files) or '(none)'}")
     path = files[name]
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"sweep={name}: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"sweep={name}: cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        data = config.read_yaml(path)  # bounded: an anchor bomb or a 5 GB file is refused
+    except ConfigError as e:
+        raise ConfigError(f"sweep={name}: {e}") from None
     return parse_space(data, name, config.describe(path), config_dir)
 
 
@@ -153,6 +154,9 @@ def _param(key: str, spec: Any, where: str) -> Param:
         choices = spec["categorical"]
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: categorical needs a non-empty list of choices")
+        if len(choices) > MAX_CHOICES:
+            raise ConfigError(f"{where}: {len(choices):,} choices, more than {MAX_CHOICES:,}; for a range of numbers "
+                              "use {int: [low, high], step: ...} or {float: [low, high]}")
         # lists (model.hidden: [[64], [128, 128]]) become their override text, since Optuna stores scalars
         p.choices = [_override_text(c) if isinstance(c, (list, dict)) else c for c in choices]
         if len(set(map(repr, p.choices))) != len(p.choices):
@@ -336,8 +340,23 @@ def check_fixed(space: Space, fixed: list[str]) -> None:
 
 
 def grid(space: Space) -> dict[str, list[Any]]:
-    """The finite grid of a space for Optuna's GridSampler; continuous parameters are refused."""
+    """The finite grid of a space for Optuna's GridSampler; continuous parameters are refused, and
+    grids of more than MAX_GRID points (counted before any list is built)."""
     out: dict[str, list[Any]] = {}
+    points = 1
+    for p in space.params:
+        if p.kind == "categorical":
+            size = len(p.choices)
+        elif p.step is not None:
+            size = int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1
+        elif p.kind == "int" and not p.log:
+            size = int(p.high) - int(p.low) + 1
+        else:
+            size = 1  # continuous: refused below, with its own message
+        points *= size
+        if points > MAX_GRID:
+            raise ConfigError(f"--sampler grid: the grid of sweep {space.name} has more than {MAX_GRID:,} points "
+                              f"({p.name} alone has {size:,} values); give coarser steps or use another sampler")
     for p in space.params:
         if p.kind == "categorical":
             out[p.name] = list(p.choices)
@@ -414,11 +433,11 @@ def _check_url(url: str) -> None:
 
     scheme = url.split("://", 1)[0]
     if scheme.split("+", 1)[0].lower() == "sqlite":
-        path = url.split("://", 1)[1].split("?", 1)[0]
-        if not path.startswith("/") or path in ("/", "/:memory:") or path.startswith("/file:"):
-            raise ConfigError(f"--storage {url}: give a SQLite file, as sqlite:///relative/path.db or sqlite:////absolute/path.db "
-                              "(an in-memory study is lost at exit, and --jobs workers could not share it)")
-        _storage_file(path[1:], f"--storage {url}")
+        path = _sqlite_path(url)
+        if not path or ":memory:" in url or "mode=memory" in url:
+            raise ConfigError(f"--storage {mask(url, url)}: give a SQLite file, as sqlite:///relative/path.db or "
+                              "sqlite:////absolute/path.db (an in-memory study is lost at exit, and --jobs workers could not share it)")
+        _storage_file(path, f"--storage {mask(url, url)}")
         return
     try:
         netloc = urlsplit(url).netloc
@@ -426,6 +445,16 @@ def _check_url(url: str) -> None:
         raise ConfigError(f"--storage {mask(url, url)}: not a URL ({e})") from None
     if netloc.count("@") > 1:
         raise ConfigError(f"--storage {mask(url, url)}: the password holds an unencoded '@'; percent-encode it (@ is %40)")
+
+
+def _sqlite_path(url: str) -> str:
+    """The file of a SQLite URL: sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db, and the
+    same in SQLite's URI form (sqlite:///file:/abs.db?uri=true); '' for sqlite:// (in memory)."""
+    rest = url.split("://", 1)[1].split("?", 1)[0]
+    if not rest.startswith("/"):
+        return ""
+    path = rest[1:]
+    return path[len("file:"):] if path.startswith("file:") else path
 
 
 def open_storage(kind: str, target: str, heartbeat: int | None = 10):
@@ -447,7 +476,7 @@ def open_storage(kind: str, target: str, heartbeat: int | None = 10):
     engine_kwargs: dict[str, Any] = {}
     remember(target)  # a worker process masks what its parent masks
     if target.startswith("sqlite"):
-        path = _storage_file(target.split(":///", 1)[1].split("?", 1)[0], f"--storage {target}")
+        path = _storage_file(_sqlite_path(target), f"--storage {mask(target, target)}")
         _sqlite_wal(path)
         # several local workers: wait for the write lock instead of failing with "database is locked"
         engine_kwargs["connect_args"] = {"timeout": 120}
@@ -485,7 +514,9 @@ def _retry(fn: Callable[[], Any], target: str, tries: int = 8) -> Any:
             text = str(e).lower()
             transient = any(s in text for s in ("locked", "already exists", "duplicate", "unique constraint"))
             if not transient or i == tries - 1:
-                raise ConfigError(f"--storage {mask(target, target)}: {mask(str(e).splitlines()[0], target)}") from None
+                # the storage's own words (Optuna wraps a full disk as "invalid data in the commit")
+                cause = storage_cause(e) or e
+                raise ConfigError(f"--storage {mask(target, target)}: {mask(_cause_text(cause), target)}") from None
             time.sleep(0.2 * (i + 1))
 
 
@@ -701,6 +732,42 @@ def work(study, objective: Objective, n_trials: int, *, deadline: float | None =
     running ones (they may fail and free a slot). Without a heartbeat (journal storage) a worker does
     not wait for RUNNING trials, which might belong to a dead process: it stops (`stuck`).
     """
+    try:
+        return _work(study, objective, n_trials, deadline, on_trial, on_wait, max_failures)
+    except Exception as e:
+        cause = storage_cause(e)
+        if cause is None:
+            raise
+        # Optuna cannot record a trial's end (a full disk: its finally-block then fails with
+        # "AssertionError: Should not reach."): one line naming the storage's own error
+        raise StorageError(f"the study's storage failed: {mask(_cause_text(cause))}; finished trials are kept, and "
+                           "the same command continues the study once the storage works again") from None
+
+
+class StorageError(RuntimeError):
+    """The study's storage failed while trials ran (a full disk, a lost database server)."""
+
+
+def storage_cause(error: BaseException) -> BaseException | None:
+    """The storage's own error (sqlite3, SQLAlchemy, a database driver, a file system) behind
+    `error`, searching its chain of causes deepest first; None if it has none."""
+    chain: list[BaseException] = []
+    while error is not None and all(error is not c for c in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for e in reversed(chain):
+        module = type(e).__module__ or ""
+        if module.startswith(("sqlite3", "sqlalchemy", "psycopg", "pymysql", "optuna.storages")) or isinstance(e, OSError):
+            return e
+    return None
+
+
+def _cause_text(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _work(study, objective, n_trials, deadline, on_trial, on_wait, max_failures) -> str:
     import warnings
 
     import optuna

@@ -119,13 +119,20 @@ def finished_run(cli, results_dir) -> Path:
     return run_dirs(results_dir)[0]
 
 
+@pytest.fixture
+def unfinished_run(finished_run) -> Path:
+    """finished_run as if killed after its last checkpoint and before its summary.json."""
+    (finished_run / "summary.json").unlink()
+    return finished_run
+
+
 def resume(cli, run: Path, results_dir: Path):
     return cli("run", "--resume", run.name, f"results_dir={results_dir}")
 
 
-def test_resume_without_a_checkpoint_is_one_line_exit_2(cli, finished_run, results_dir):
-    (finished_run / "checkpoint.pt").unlink()
-    r = resume(cli, finished_run, results_dir)
+def test_resume_without_a_checkpoint_is_one_line_exit_2(cli, unfinished_run, results_dir):
+    (unfinished_run / "checkpoint.pt").unlink()
+    r = resume(cli, unfinished_run, results_dir)
     assert r.exit_code == 2, r.output
     assert len(error_lines(r.stderr)) == 1 and "checkpoint" in r.stderr and "Traceback" not in r.output
 
@@ -136,11 +143,11 @@ def test_resume_of_an_unknown_run_is_one_line_exit_2(cli, results_dir):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
-def test_a_damaged_checkpoint_is_refused_in_one_line(cli, finished_run, results_dir, damage):
-    ckpt = finished_run / "checkpoint.pt"
+def test_a_damaged_checkpoint_is_refused_in_one_line(cli, unfinished_run, results_dir, damage):
+    ckpt = unfinished_run / "checkpoint.pt"
     data = ckpt.read_bytes()
     ckpt.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(2000), "empty": b""}[damage])
-    r = resume(cli, finished_run, results_dir)
+    r = resume(cli, unfinished_run, results_dir)
     assert r.exit_code == 2, r.output
     assert len(error_lines(r.stderr)) == 1 and "checkpoint.pt" in r.stderr and "Traceback" not in r.output
 
@@ -160,9 +167,9 @@ class _Arbitrary:
 
 
 @pytest.mark.parametrize("payload", ["reduce", "class"])
-def test_a_checkpoint_with_a_pickled_object_is_refused_and_runs_no_code(cli, finished_run, results_dir, tmp_path, payload):
+def test_a_checkpoint_with_a_pickled_object_is_refused_and_runs_no_code(cli, unfinished_run, results_dir, tmp_path, payload):
     marker = tmp_path / "pwned"
-    ckpt = finished_run / "checkpoint.pt"
+    ckpt = unfinished_run / "checkpoint.pt"
     good = torch.load(ckpt, weights_only=True)
     if payload == "reduce":
         good["records"].append(_WritesAMarker(str(marker)))  # inside an otherwise valid checkpoint
@@ -170,16 +177,16 @@ def test_a_checkpoint_with_a_pickled_object_is_refused_and_runs_no_code(cli, fin
     else:
         torch.save({"x": _Arbitrary()}, ckpt)
     assert not marker.exists()
-    r = resume(cli, finished_run, results_dir)
+    r = resume(cli, unfinished_run, results_dir)
     assert r.exit_code == 2, r.output
     assert len(error_lines(r.stderr)) == 1 and "checkpoint.pt" in r.stderr and "Traceback" not in r.output
     assert not marker.exists(), "loading the checkpoint ran code from it"
 
 
-def test_a_plain_pickle_as_checkpoint_runs_no_code(cli, finished_run, results_dir, tmp_path):
+def test_a_plain_pickle_as_checkpoint_runs_no_code(cli, unfinished_run, results_dir, tmp_path):
     marker = tmp_path / "pwned"
-    (finished_run / "checkpoint.pt").write_bytes(pickle.dumps(_WritesAMarker(str(marker))))
-    r = resume(cli, finished_run, results_dir)
+    (unfinished_run / "checkpoint.pt").write_bytes(pickle.dumps(_WritesAMarker(str(marker))))
+    r = resume(cli, unfinished_run, results_dir)
     assert r.exit_code == 2 and not marker.exists()
 
 

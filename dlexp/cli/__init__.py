@@ -30,17 +30,15 @@ app.command("report")(report)
 app.command("check-optimizers")(check_optimizers)
 
 
-def _terminate(signum, frame) -> None:
-    # SIGTERM (`kill PID`, a batch scheduler's time limit) ends a run as Ctrl-C does: the run is
-    # marked interrupted with its finished epochs kept, a grid or sweep stops cleanly, exit 130
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    import signal
     import sys
 
-    signal.signal(signal.SIGTERM, _terminate)
+    from dlexp.procs import interrupt_on_stop_signals
+
+    # SIGTERM, SIGHUP, SIGUSR1, ... (`kill PID`, a closed terminal, a batch scheduler's time limit) end
+    # a run as Ctrl-C does: the run is marked interrupted with its finished epochs kept, a grid or
+    # sweep stops cleanly, exit 130
+    interrupt_on_stop_signals()
     try:
         code = app(standalone_mode=False)
     except Exception as e:

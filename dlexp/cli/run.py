@@ -78,7 +78,7 @@ def _resume(resume: str, overrides: list[str], quiet: bool) -> int:
 
     from dlexp import config
     from dlexp.data import load_splits
-    from dlexp.runner import execute, load_checkpoint
+    from dlexp.runner import check_resume, execute, finished_summary
 
     extra = [o for o in overrides if not o.startswith("results_dir=")]
     if extra:
@@ -88,12 +88,14 @@ def _resume(resume: str, overrides: list[str], quiet: bool) -> int:
     if not (run_dir / "config.yaml").is_file():
         raise config.ConfigError(f"--resume: no run {resume!r} under {Path(results_dir) / 'runs'}")
     cfg = config.load_run_config(run_dir / "config.yaml")
-    done = load_checkpoint(run_dir)["epoch"]
-    if done >= int(cfg.trainer.epochs) and (run_dir / "summary.json").is_file():
-        out.print(f"run {run_dir.name} already finished its {cfg.trainer.epochs} epochs; nothing to resume", markup=False)
+    ended = finished_summary(run_dir)  # a result is never made worse by a resume
+    if ended is not None:
+        out.print(f"run {run_dir.name} already finished ({ended['status']} after {ended.get('epochs_completed')} of "
+                  f"{cfg.trainer.epochs} epochs); nothing to resume", markup=False)
         return 0
-    err.print(f"resuming {run_dir.name} after epoch {done} of {cfg.trainer.epochs}", markup=False)
     splits = load_splits(cfg.dataset)
+    done = check_resume(cfg, splits, run_dir)["epoch"]  # checkpoint, config and data belong together
+    err.print(f"resuming {run_dir.name} after epoch {done} of {cfg.trainer.epochs}", markup=False)
     bar = progress_bar(quiet)
     try:
         if bar is not None:

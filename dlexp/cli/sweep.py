@@ -195,7 +195,12 @@ def _quiet_optuna(debug: bool) -> None:
 
 
 def _process_worker(plan: dict[str, Any], worker: int, existing: int, threads: int, deadline: float | None) -> str:
-    """One --jobs worker in its own process: its own storage connection, data loaded once."""
+    """One --jobs worker in its own process: its own storage connection, data loaded once. It dies
+    with the parent (kill -9 of `dlexp sweep` included): its trial ends as interrupted, then it exits."""
+    from dlexp.procs import die_with_parent, interrupt_on_stop_signals
+
+    interrupt_on_stop_signals()
+    die_with_parent(plan["parent"])
     import torch
 
     torch.set_num_threads(threads)
@@ -229,6 +234,7 @@ def _execute(plan: dict[str, Any], quiet: bool) -> int:
     display = _Display(plan, quiet)
     reasons: list[str] = []
     interrupted = False
+    broken = None  # the storage failed (a full disk): one line, exit 1, after what can still be written
     display.start(study)
     try:
         if plan["jobs"] == 1:
@@ -239,8 +245,16 @@ def _execute(plan: dict[str, Any], quiet: bool) -> int:
             reasons += _parallel(plan, study, existing, deadline, display)
     except KeyboardInterrupt:
         interrupted = True
+    except sw.StorageError as e:
+        broken = e
     finally:
-        display.stop(study)
+        try:
+            display.stop(study)
+        except Exception:
+            if broken is None:
+                raise
+    if broken is not None:
+        raise fail(f"--storage {sw.mask(plan['target'], plan['target'])}: {broken}", code=1)
     written = sw.write_outputs(study, plan["space"], Path(plan["results_dir"]) / "sweeps", metric=plan["metric"],
                                direction=plan["direction"], config_dir=plan["config_dir"])
     _print_end(study, plan, written, reasons)
@@ -258,6 +272,7 @@ def _parallel(plan, study, existing: int, deadline, display) -> list[str]:
     jobs = plan["jobs"]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+    plan = dict(plan, parent=os.getpid())  # the workers watch this process, and die with it
     try:
         futures = [pool.submit(_process_worker, plan, w, existing, threads, deadline) for w in range(jobs)]
         while not all(f.done() for f in futures):
