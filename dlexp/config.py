@@ -137,7 +137,7 @@ def _measure(root, path: Path) -> None:
 
 
 def describe(path: Path) -> str:
-    """A config file's one-line description: its first line, a `# ...` comment (cut to 120 characters)."""
+    """A config file's one-line description: its first line, a `# ...` comment (cut to MAX_DESCRIPTION characters)."""
     try:
         with open(path, encoding="utf-8") as f:
             for _ in range(2):
@@ -151,7 +151,7 @@ def describe(path: Path) -> str:
     return ""
 
 
-MAX_DESCRIPTION = 120
+MAX_DESCRIPTION = 300  # a first line longer than this (a 5 MB one) is cut
 
 
 def choices(group: str, config_dir: str | Path | None = None) -> dict[str, Path]:
@@ -185,7 +185,7 @@ def expand(overrides: Iterable[str], multirun: bool, config_dir: str | Path | No
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    overrides = list(overrides)
+    overrides = _bounded(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
@@ -227,6 +227,21 @@ def _texts(o) -> list[str]:
             text = f"{quote}{value}{quote}" if quote else text
         texts.append(f"{key}={text}")
     return texts
+
+
+# Hydra's parser takes time quadratic in an override's length (a list of 4,000 numbers: 1.4 s, of
+# 40,000: minutes); no config value needs more than this
+MAX_OVERRIDE = 10_000
+
+
+def _bounded(overrides: Iterable[str]) -> list[str]:
+    overrides = list(overrides)
+    for o in overrides:
+        if len(o) > MAX_OVERRIDE:
+            key = o.split("=", 1)[0][:60]
+            raise ConfigError(f"{key if key.isprintable() else repr(key)}: an override of {len(o):,} characters; "
+                              f"at most {MAX_OVERRIDE:,}")
+    return overrides
 
 
 def _first_line(text: str) -> str:
@@ -335,7 +350,7 @@ def _siblings(key: str, overrides: list[str], config_dir) -> str:
 
 def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None) -> Any:
     """Compose `conf/config.yaml` with the overrides of ONE run and validate it."""
-    overrides = list(overrides)
+    overrides = _bounded(overrides)
     from hydra.errors import HydraException
 
     try:

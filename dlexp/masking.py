@@ -22,12 +22,15 @@ STARS = "***"
 # a parameter name that says it holds a secret
 SECRET_NAME = re.compile(r"pass|pwd|secret|token|auth|credential|api_?key|access_?key|private_?key|signature", re.I)
 
-# scheme://user:PASSWORD@ -- greedy up to the last '@' before a space or a quote: a password may hold '@'
-_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*:)(?P<pw>[^\s'\"]*)(?P<at>@)")
+# scheme://user:PASSWORD@ -- greedy up to the last '@' before a space or a quote: a password may hold '@'.
+# Every repetition is bounded and a match starts only where a word does, so that masking stays linear
+# in the text (an error line may quote 20,000 characters of user input).
+_USERINFO = re.compile(r"(?<![A-Za-z0-9+.\-])(?P<head>[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s:/@'\"]{0,200}:)"
+                       r"(?P<pw>[^\s'\"]{0,1000})(?P<at>@)")
 # name=VALUE where the name says secret; also percent-encoded (name%3DVALUE) inside another parameter
 _PAIR = re.compile(
-    r"(?P<name>[A-Za-z0-9_.\-]*(?:" + SECRET_NAME.pattern + r")[A-Za-z0-9_.\-]*)(?P<eq>=|%3[Dd])"
-    r"(?P<value>(?:[^&;\s'\"#%)\]>]|%(?!26|3[Bb])[0-9A-Fa-f]{2})+)",
+    r"(?<![A-Za-z0-9_.\-])(?P<name>[A-Za-z0-9_.\-]{0,40}?(?:" + SECRET_NAME.pattern + r")[A-Za-z0-9_.\-]{0,40})"
+    r"(?P<eq>=|%3[Dd])(?P<value>(?:[^&;\s'\"#%)\]>]|%(?!26|3[Bb])[0-9A-Fa-f]{2}){1,1000})",
     re.I,
 )
 
