@@ -131,8 +131,9 @@ def _measure(root, path: Path) -> None:
         if depth > MAX_YAML_DEPTH:
             raise ConfigError(f"{path}: nested more than {MAX_YAML_DEPTH} levels deep; refused")
         if count > MAX_YAML_VALUES:
-            raise ConfigError(f"{path}: its aliases expand to more than {MAX_YAML_VALUES:,} values (nested anchors, "
-                              "a 'billion laughs'?); refused")
+            aliased = len(sizes) + 1 < count  # fewer distinct nodes than values: aliases repeat some
+            how = " once its aliases expand (nested anchors, a 'billion laughs'?)" if aliased else ""
+            raise ConfigError(f"{path}: holds more than {MAX_YAML_VALUES:,} values{how}; refused")
         sizes[id(node)] = (count, depth)
 
 

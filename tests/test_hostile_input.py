@@ -398,7 +398,7 @@ def test_a_yaml_anchor_bomb_or_a_deep_file_in_a_config_dir_is_refused_in_one_lin
     r = cli(*command, *SMALL, f"results_dir={results_dir}", "--config-dir", str(config_dir))
     assert r.exit_code == 2, r.output
     line = one_error_line(r)
-    assert str(path) in line and ("expand" in line or "deep" in line), line
+    assert str(path) in line and ("aliases expand" in line or "deep" in line), line
     assert run_dirs(results_dir) == []
 
 
