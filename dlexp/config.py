@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from dlexp.errors import ConfigError
+from dlexp.errors import ConfigError, echo
 
 GROUPS = ("model", "dataset", "optimizer", "schedule", "trainer", "experiment")
 
@@ -604,8 +604,17 @@ def validate(cfg) -> None:
         raise ConfigError(f"dataset.split_seed: must be in [0, 2**64), got {cfg.dataset.split_seed}")
     if not isinstance(cfg.results_dir, str) or not cfg.results_dir:
         raise ConfigError(f"results_dir: expected a path, got {cfg.results_dir!r}")
-    if cfg.name is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", str(cfg.name)):
-        raise ConfigError(f"name: use 1-64 letters, digits, '.', '_' or '-', got {cfg.name!r}")
+    if cfg.name is not None:
+        check_name(str(cfg.name), "name", 64)
+
+
+def check_name(name: str, what: str, longest: int) -> str:
+    """A user-given name that dlexp puts into a file or folder name (a run's `name`, a sweep or K-fold
+    `--study`): letters, digits, '.', '_', '-', not starting with '.', so that every path built from
+    it stays inside its folder ('..', '/', a hidden file are impossible)."""
+    if not re.match(rf"^[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,{longest - 1}}}$", name):
+        raise ConfigError(f"{what}: use 1-{longest} letters, digits, '.', '_' or '-', not starting with '.', got {echo(name)}")
+    return name
 
 
 def to_yaml(cfg) -> str:

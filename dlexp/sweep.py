@@ -379,7 +379,7 @@ def grid(space: Space) -> dict[str, list[Any]]:
 from dlexp.masking import mask, remember  # noqa: E402,F401  (sweep.mask: what report and the CLI call)
 
 
-STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+STUDY_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$")  # as config.check_name(name, "--study", 100)
 
 
 def study_name(sweep: str, fixed: list[str], metric: str, cv: int | None) -> str:

@@ -529,3 +529,14 @@ def test_a_huge_override_is_refused_before_the_parser_spends_minutes_on_it(cli, 
     r = cli("run", "-m", *SMALL, "model.hidden=[" + ",".join(["1"] * 50_000) + "]", f"results_dir={results_dir}")
     assert r.exit_code == 2, r.output
     assert "model.hidden: an override of 100,014 characters" in one_error_line(r)
+
+
+@pytest.mark.parametrize("args", [["run", "name=.."], ["run", "name=.hidden"], ["sweep", "sweep=lr_wd", "--study", ".."],
+                                  ["sweep", "sweep=lr_wd", "--study", "../x"], ["kfold", "--folds", "2", "--study", ".."],
+                                  ["kfold", "--folds", "2", "--study", "a/../../b"]])
+def test_a_name_that_would_leave_its_folder_is_refused(cli, tmp_path, args):
+    results = tmp_path / "deep" / "results"
+    r = cli(*args, *SMALL, f"results_dir={results}")
+    assert r.exit_code == 2, r.output
+    assert ("--study" if "--study" in args else "name") in one_error_line(r)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing written, inside or outside

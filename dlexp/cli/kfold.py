@@ -54,8 +54,6 @@ def kfold(
 
     Example: dlexp kfold --folds 5 dataset=house_prices model=linear optimizer=adam optimizer.lr=5 trainer.epochs=100
     """
-    import re
-
     from dlexp import config
     from dlexp.errors import ConfigError
 
@@ -66,8 +64,8 @@ def kfold(
             raise ConfigError(f"--seed: must be in [0, 2**32), got {seed}")
         if at not in ("final", "best"):
             raise ConfigError(f"--at: expected final or best, got {at!r}")
-        if study is not None and not re.match(r"^[A-Za-z0-9_.-]{1,80}$", study):
-            raise ConfigError(f"--study: use letters, digits, '.', '_' or '-', got {study!r}")
+        if study is not None:
+            config.check_name(study, "--study", 80)  # it names a folder under results/kfold/
         grid = config.expand(list(overrides or []), multirun, config_dir)
         cfgs = config.compose_grid(grid, config_dir)
         datasets = {config.to_yaml(c.dataset) for c in cfgs}

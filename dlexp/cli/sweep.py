@@ -88,8 +88,8 @@ def _plan(overrides: list[str], **o) -> dict[str, Any]:
         raise ConfigError(f"--pruner wilcoxon: needs --cv 5 or more to ever prune (got --cv {o['cv']}); use median")
     if o["direction"] is not None and o["direction"] not in ("maximize", "minimize"):
         raise ConfigError(f"--direction: expected maximize or minimize, got {o['direction']!r}")
-    if o["study"] is not None and not sw.STUDY_NAME.match(o["study"]):
-        raise ConfigError(f"--study: use 1-100 letters, digits, '.', '_' or '-', got {o['study']!r}")
+    if o["study"] is not None:
+        config.check_name(o["study"], "--study", 100)  # it names files under results/sweeps/
 
     names = [x.split("=", 1)[1] for x in overrides if x.split("=", 1)[0] == "sweep"]
     fixed = [x for x in overrides if x.split("=", 1)[0] != "sweep"]
