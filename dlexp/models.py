@@ -142,9 +142,19 @@ def build_model(model_cfg, sample_shape: Sequence[int], num_outputs: int) -> nn.
     return model
 
 
-def memory_needed(model_cfg, sample_shape: Sequence[int], num_outputs: int, batch_size: int) -> tuple[int, int]:
+def memory_needed(model_cfg, sample_shape: Sequence[int], num_outputs: int, batch_size: int) -> tuple[int, int] | None:
     """(parameter bytes, activation bytes of one training batch) of the model `model_cfg` names, measured
-    on PyTorch's "meta" device: the model is built and run on shapes only, so nothing is allocated."""
+    on PyTorch's "meta" device: the model is built and run on shapes only, so nothing is allocated.
+    None for a model that cannot be built or run there (one that reads values while it is built)."""
+    try:
+        return _measure_on_meta(model_cfg, sample_shape, num_outputs, batch_size)
+    except ConfigError:
+        raise
+    except Exception:  # a memory estimate must never stop a model that would train
+        return None
+
+
+def _measure_on_meta(model_cfg, sample_shape, num_outputs, batch_size) -> tuple[int, int]:
     with torch.device("meta"):
         model = MODELS[model_cfg.name](tuple(sample_shape), num_outputs, model_cfg)
         params = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -206,7 +216,10 @@ def check_memory(model_cfg, sample_shape: Sequence[int], num_outputs: int, batch
     """Refuse, before anything is allocated, a model that cannot fit: its parameters, their gradients
     and the activations of one batch (a lower bound: the optimizer's state comes on top) against the
     memory available on `device`, plus `data_bytes` of data still to be moved there."""
-    params, activations = memory_needed(model_cfg, sample_shape, num_outputs, batch_size)
+    measured = memory_needed(model_cfg, sample_shape, num_outputs, batch_size)
+    if measured is None:
+        return
+    params, activations = measured
     needed = 2 * params + activations + data_bytes
     free = available_memory(device)
     if free is not None and needed > free:

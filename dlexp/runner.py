@@ -91,10 +91,13 @@ class RunLock:
         fd = os.open(path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             os.close(fd)
             raise ConfigError(f"--resume: run {path.name} is being trained by another process (its folder is locked); "
                               "wait for it to end, or stop it first") from None
+        except OSError:  # a file system without locks (some network mounts): no lock, as before
+            os.close(fd)
+            return
         self.fd = fd
         self._closer = weakref.finalize(self, os.close, fd)
 

@@ -223,9 +223,9 @@ def test_a_signal_mid_training_is_exit_130_with_an_interrupted_complete_run(star
 
 
 def test_every_stop_signal_interrupts_the_main_thread_as_ctrl_c_does(tmp_path):
-    from dlexp.procs import STOP_SIGNALS
+    from dlexp.signals import STOP_SIGNALS
 
-    script = ("import time; from dlexp.procs import interrupt_on_stop_signals; interrupt_on_stop_signals()\n"
+    script = ("import time; from dlexp.signals import interrupt_on_stop_signals; interrupt_on_stop_signals()\n"
               "try:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('interrupted', flush=True)\n")
     for name in STOP_SIGNALS:
         if not hasattr(signal, name):

@@ -33,7 +33,7 @@ app.command("check-optimizers")(check_optimizers)
 def main() -> None:
     import sys
 
-    from dlexp.procs import interrupt_on_stop_signals
+    from dlexp.signals import interrupt_on_stop_signals
 
     # SIGTERM, SIGHUP, SIGUSR1, ... (`kill PID`, a closed terminal, a batch scheduler's time limit) end
     # a run as Ctrl-C does: the run is marked interrupted with its finished epochs kept, a grid or

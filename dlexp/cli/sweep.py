@@ -197,10 +197,11 @@ def _quiet_optuna(debug: bool) -> None:
 def _process_worker(plan: dict[str, Any], worker: int, existing: int, threads: int, deadline: float | None) -> str:
     """One --jobs worker in its own process: its own storage connection, data loaded once. It dies
     with the parent (kill -9 of `dlexp sweep` included): its trial ends as interrupted, then it exits."""
-    from dlexp.procs import die_with_parent, interrupt_on_stop_signals
+    from dlexp.lifeline import die_with_parent
+    from dlexp.signals import interrupt_on_stop_signals
 
     interrupt_on_stop_signals()
-    die_with_parent(plan["parent"])
+    die_with_parent()
     import torch
 
     torch.set_num_threads(threads)
@@ -272,7 +273,6 @@ def _parallel(plan, study, existing: int, deadline, display) -> list[str]:
     jobs = plan["jobs"]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
-    plan = dict(plan, parent=os.getpid())  # the workers watch this process, and die with it
     try:
         futures = [pool.submit(_process_worker, plan, w, existing, threads, deadline) for w in range(jobs)]
         while not all(f.done() for f in futures):
