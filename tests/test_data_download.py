@@ -117,6 +117,17 @@ def test_download_is_verified_and_lands_in_the_cache(server, monkeypatch, tmp_pa
     assert len(server.requests) == n
 
 
+def test_a_cache_folder_that_is_a_file_only_costs_the_cache(server, monkeypatch, tmp_path, capsys):
+    not_a_folder = tmp_path / "xdg"
+    not_a_folder.write_text("XDG_CACHE_HOME points at a file")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(not_a_folder))
+    monkeypatch.setenv("DLEXP_MIRRORS", server.url())
+    path = fetch("airfoil", [AIRFOIL])[AIRFOIL.name]
+    assert _sha1(path) == AIRFOIL.digest and not path.is_relative_to(not_a_folder)  # a temporary folder instead
+    assert "cache folder unusable" in capsys.readouterr().err
+    assert not_a_folder.read_text() == "XDG_CACHE_HOME points at a file"
+
+
 def test_corrupt_cache_file_is_refused_and_fetched_again(server, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("DLEXP_MIRRORS", server.url())
     cached = tmp_path / "cache" / "dlexp" / "airfoil" / AIRFOIL.name
