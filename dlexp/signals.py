@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import signal
+import time
 
 # Signals that ask a process to stop, each of which would otherwise kill it on the spot and leave its
 # run without a status: a closed terminal or ssh session (SIGHUP), `kill PID` and batch schedulers
@@ -15,8 +16,21 @@ import signal
 STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGXCPU", "SIGALRM", "SIGPWR")
 
 
+_FIRST: list[float] = []  # when the first stop signal came
+
+
 def _interrupt(signum, frame) -> None:
+    # A repeat within a few seconds is ignored: it would land in the handling of the first and cut
+    # the run's files short (a worker gets SIGTERM twice when its parent dies: the kernel's
+    # parent-death signal, then its watchdog's). A repeat later still interrupts.
+    now = time.monotonic()
+    if _FIRST and now - _FIRST[0] < REPEAT_IGNORED_S:
+        return
+    _FIRST[:] = [now]
     raise KeyboardInterrupt
+
+
+REPEAT_IGNORED_S = 10.0
 
 
 def interrupt_on_stop_signals() -> None:

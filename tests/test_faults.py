@@ -225,16 +225,20 @@ def test_a_signal_mid_training_is_exit_130_with_an_interrupted_complete_run(star
 def test_every_stop_signal_interrupts_the_main_thread_as_ctrl_c_does(tmp_path):
     from dlexp.signals import STOP_SIGNALS
 
+    # the handling of the first signal (writing a run's files) is not cut short by a repeat
     script = ("import time; from dlexp.signals import interrupt_on_stop_signals; interrupt_on_stop_signals()\n"
-              "try:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('interrupted', flush=True)\n")
+              "try:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+              "    print('interrupted', flush=True)\n    time.sleep(1)\n    print('cleaned up', flush=True)\n")
     for name in STOP_SIGNALS:
         if not hasattr(signal, name):
             continue
         p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
         assert p.stdout.readline().strip() == "ready"
         p.send_signal(getattr(signal, name))
+        assert p.stdout.readline().strip() == "interrupted", name
+        p.send_signal(getattr(signal, name))  # a repeat, as a dying parent's worker gets
         out, _ = p.communicate(timeout=30)
-        assert (p.returncode, out.strip()) == (0, "interrupted"), name
+        assert (p.returncode, out.strip()) == (0, "cleaned up"), name
 
 
 def test_ctrl_c_during_an_epochs_writes_counts_that_epoch_as_completed(make_cfg, data_env):

@@ -200,8 +200,8 @@ def _process_worker(plan: dict[str, Any], worker: int, existing: int, threads: i
     from dlexp.lifeline import die_with_parent
     from dlexp.signals import interrupt_on_stop_signals
 
-    interrupt_on_stop_signals()
     die_with_parent()
+    interrupt_on_stop_signals()  # after die_with_parent, whose SIGTERM handler this replaces (a repeat is ignored)
     import torch
 
     torch.set_num_threads(threads)
