@@ -32,7 +32,7 @@ from torch import nn
 from dlexp.config import checkpoint_schedule
 from dlexp.data import CLASSIFICATION, OBJECTIVE, REGRESSION, Splits
 from dlexp.errors import ConfigError
-from dlexp.models import build_model, check_inputs
+from dlexp.models import build_model, check_inputs, check_memory
 from dlexp.optim import OPTIMIZERS, check_sparse_gradients
 from dlexp.schedules import make_schedule
 
@@ -111,6 +111,8 @@ def build(cfg, splits: Splits, device: torch.device) -> tuple[nn.Module, list[to
     """`cfg`'s model (on `device`), the parameters that decay, the optimizer and the schedule for
     `splits`: what `train` runs with."""
     check_inputs(cfg.model, splits.train[0])
+    check_memory(cfg.model, splits.sample_shape, splits.num_outputs, min(int(cfg.trainer.batch_size), len(splits.train[0])),
+                 device, data_bytes=_data_bytes(splits) if device.type != "cpu" else 0)  # a 40 GB model: one line, not a crash
     model = build_model(cfg.model, splits.sample_shape, splits.num_outputs).to(device)  # before the optimizer's state
     check_sparse_gradients(model, cfg.optimizer)
     opt_cfg = cfg.optimizer
@@ -128,6 +130,10 @@ def build(cfg, splits: Splits, device: torch.device) -> tuple[nn.Module, list[to
     total = epochs if cfg.schedule.unit == "epoch" else epochs * steps_per_epoch
     schedule = make_schedule(cfg.schedule, base_lr=float(opt_cfg.lr), total=total)
     return model, decay_params, optimizer, schedule
+
+
+def _data_bytes(splits: Splits) -> int:
+    return sum(t.numel() * t.element_size() for pair in (splits.train, splits.val, splits.test) if pair is not None for t in pair)
 
 
 def check_buildable(cfg, splits: Splits) -> None:
@@ -300,6 +306,7 @@ def train(
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         records, step, first_epoch = list(resume["records"]), int(resume["step"]), int(resume["epoch"]) + 1
+        epoch = first_epoch - 1  # a checkpoint of the last epoch (killed before its summary): nothing left to train
         offset = float(resume["elapsed"])
         restore_rng(resume["rng"], shuffle, device)
     start = time.perf_counter() - offset
@@ -342,13 +349,21 @@ def train(
                 # without the profiler range torch.optim's wraps around it (~25 us of a batch-1 step)
                 model.zero_grad(set_to_none=True)
                 objective.backward()
-                if wd_mode == "decoupled" and wd > 0:
-                    # AdamW-style: w <- w - lr * lambda * w, before the update, outside the gradient
-                    with torch.no_grad():
-                        torch._foreach_mul_(decay_params, 1.0 - lr * wd)
-                optimizer.step()
-                step += 1
                 running.add(out, yb, loss)
+                try:
+                    if wd_mode == "decoupled" and wd > 0:
+                        # AdamW-style: w <- w - lr * lambda * w, before the update, outside the gradient
+                        with torch.no_grad():
+                            torch._foreach_mul_(decay_params, 1.0 - lr * wd)
+                    optimizer.step()
+                except RuntimeError as e:
+                    if not overflowed(e):
+                        raise
+                    # a step size beyond float32's range (lr=1e38 with Adam's lr / (1 - beta1^t)): the
+                    # parameters would become inf, so the run diverged, as with a NaN loss
+                    status, reason = "diverged", f"an update overflowed float32 in epoch {epoch} (lr {lr:g})"
+                    break
+                step += 1
                 seen = examples + xb.shape[0]
                 if eval_every and seen // eval_every > examples // eval_every:  # passed a multiple of eval_every
                     in_epoch += rows({"train_eval": measure(x_train, y_train)}, epoch, step, seen, time.perf_counter())
@@ -366,7 +381,7 @@ def train(
             if progress is not None:
                 shown = ", ".join(f"{s}/{m} {v:.4g}" for s, ms in values.items() for m, v in ms.items() if m in ("loss", "acc"))
                 progress.update(task, advance=1, description=f"epoch {epoch}/{epochs}: {shown}")
-            if not math.isfinite(values["train"]["loss"]):
+            if status == "ok" and not math.isfinite(values["train"]["loss"]):
                 # divergence is data: the run stops, its records stay, the grid goes on
                 status, reason = "diverged", f"train loss became {values['train']['loss']} in epoch {epoch}"
             if on_epoch is not None:
@@ -394,6 +409,9 @@ def checkpoint_due(every: tuple[str, float] | None, epoch: int, since_last_s: fl
         return False
     unit, n = every
     return epoch % int(n) == 0 if unit == "epochs" else since_last_s >= n
+def overflowed(error: RuntimeError) -> bool:
+    """torch's error for a Python number that does not fit the tensor's dtype (a float32 step size of 1e39)."""
+    return "without overflow" in str(error)
 
 
 def checkpoint_state(epoch, step, model, optimizer, shuffle, records, elapsed) -> dict[str, Any]:

@@ -47,8 +47,6 @@ def kfold(
 
     Example: dlexp kfold --folds 5 dataset=house_prices model=linear optimizer=adam optimizer.lr=5 trainer.epochs=100
     """
-    import re
-
     from dlexp import config
     from dlexp.errors import ConfigError
 
@@ -64,11 +62,10 @@ def kfold(
             raise ConfigError(f"--seed: must be in [0, 2**32), got {seed}")
         if at not in ("final", "best"):
             raise ConfigError(f"--at: expected final or best, got {at!r}")
-        if study is not None and not re.match(r"^[A-Za-z0-9_.-]{1,80}$", study):
-            raise ConfigError(f"--study: use letters, digits, '.', '_' or '-', got {study!r}")
+        if study is not None:
+            config.check_name(study, "--study", 80)  # it names a folder under results/kfold/
         grid = config.expand(list(overrides or []), multirun, config_dir)
-        composer = config.GridComposer(config_dir)
-        cfgs = [composer(o) for o in grid]
+        cfgs = config.compose_grid(grid, config_dir)
         datasets = {config.to_yaml(c.dataset) for c in cfgs}
         if len(datasets) > 1:
             raise ConfigError("dataset: every candidate must use the same data set, since the folds are shared")
@@ -87,8 +84,11 @@ def kfold(
         from dlexp.train import check_buildable
 
         first = fold_splits(source, fold_list[0])
-        for c in cfgs:
-            check_buildable(c, first)
+        for i, c in enumerate(cfgs):
+            try:
+                check_buildable(c, first)
+            except ConfigError as e:
+                raise config.point_error(grid, i, e) from None
         results_dir = cfgs[0].results_dir
         from dlexp.results import check_writable
 

@@ -112,8 +112,8 @@ def _plan(overrides: list[str], **o) -> dict[str, Any]:
         raise ConfigError(f"--pruner wilcoxon: needs --cv 5 or more to ever prune (got --cv {o['cv']}); use median")
     if o["direction"] is not None and o["direction"] not in ("maximize", "minimize"):
         raise ConfigError(f"--direction: expected maximize or minimize, got {o['direction']!r}")
-    if o["study"] is not None and not sw.STUDY_NAME.match(o["study"]):
-        raise ConfigError(f"--study: use 1-100 letters, digits, '.', '_' or '-', got {o['study']!r}")
+    if o["study"] is not None:
+        config.check_name(o["study"], "--study", 100)  # it names files under results/sweeps/
     if o["workers"] < 1:
         raise ConfigError(f"--workers: must be >= 1, got {o['workers']}")
     if o["worker_index"] < 0:
@@ -227,7 +227,13 @@ def _quiet_optuna(debug: bool) -> None:
 
 
 def _process_worker(plan: dict[str, Any], worker: int, existing: int, threads: int, deadline: float | None) -> str:
-    """One --jobs worker in its own process: its own storage connection, data loaded once."""
+    """One --jobs worker in its own process: its own storage connection, data loaded once. It dies
+    with the parent (kill -9 of `dlexp sweep` included): its trial ends as interrupted, then it exits."""
+    from dlexp.lifeline import die_with_parent
+    from dlexp.signals import interrupt_on_stop_signals
+
+    die_with_parent()
+    interrupt_on_stop_signals()  # after die_with_parent, whose SIGTERM handler this replaces (a repeat is ignored)
     import torch
 
     torch.set_num_threads(threads)
@@ -261,6 +267,7 @@ def _execute(plan: dict[str, Any], quiet: bool) -> int:
     display = _Display(plan, quiet)
     reasons: list[str] = []
     interrupted = False
+    broken = None  # the storage failed (a full disk): one line, exit 1, after what can still be written
     display.start(study)
     try:
         if plan["slurm"] is not None:
@@ -277,8 +284,16 @@ def _execute(plan: dict[str, Any], quiet: bool) -> int:
             reasons += _parallel(plan, study, existing, deadline, display)
     except KeyboardInterrupt:
         interrupted = True
+    except sw.StorageError as e:
+        broken = e
     finally:
-        display.stop(study)
+        try:
+            display.stop(study)
+        except Exception:
+            if broken is None:
+                raise
+    if broken is not None:
+        raise fail(f"--storage {sw.mask(plan['target'], plan['target'])}: {broken}", code=1)
     written = sw.write_outputs(study, plan["space"], Path(plan["results_dir"]) / "sweeps", metric=plan["metric"],
                                direction=plan["direction"], config_dir=plan["config_dir"])
     _print_end(study, plan, written, reasons)
