@@ -590,6 +590,7 @@ class Objective:
         self.extra_meta = extra_meta
         self._data: dict[str, Any] = {}  # dataset YAML -> (source, splits): loaded once per process
         self.compose = composer or Composer(space, fixed, config_dir)
+        self.on_progress: Callable[[], None] | None = None  # after each reported epoch or fold (a live display)
 
     def data(self, dataset_cfg):
         from dlexp.data import holdout_indices, load_source, make_splits
@@ -638,12 +639,15 @@ class Objective:
 
         _, splits = self.data(cfg.dataset)
         split, metric = self.metric.split("/", 1)
+        trial.set_user_attr("planned", ["epoch", int(cfg.trainer.epochs)])  # what a live display counts in
 
         def on_epoch(epoch: int, records: list[dict[str, Any]]) -> None:
             value = next((r["value"] for r in reversed(records) if r["epoch"] == epoch and r["split"] == split and r["metric"] == metric), None)
             if value is None or not math.isfinite(value):
                 return  # a diverged epoch: execute returns status "diverged" right after this
             trial.report(value, epoch)
+            if self.on_progress is not None:
+                self.on_progress()
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}: {self.metric} {value:.4g}")
 
@@ -679,6 +683,7 @@ class Objective:
         source, _ = self.data(cfg.dataset)
         folds = kfold.make_folds(source, self.cv, seed=int(cfg.dataset.get("split_seed", 0)))
         scores: list[float] = []
+        trial.set_user_attr("planned", ["fold", len(folds)])
 
         def on_fold(i: int, score: float) -> None:
             scores.append(score)
@@ -686,6 +691,8 @@ class Objective:
                 return
             # Wilcoxon compares fold by fold; the others see the running mean, step = fold index
             trial.report(score if self.pruner == "wilcoxon" else sum(scores) / len(scores), i)
+            if self.on_progress is not None:
+                self.on_progress()
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after fold {i}: {self.metric} mean {sum(scores) / len(scores):.4g}")
 
@@ -869,13 +876,14 @@ def write_outputs(study, space: Space, sweeps_dir: Path, *, metric: str, directi
     `dlexp run --config-dir <sweeps_dir> experiment=<study>` composes to the best trial's exact config."""
     import yaml
 
+    from dlexp.report.tables import to_csv
     from dlexp.results import atomic_write
 
     sweeps_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     table = trials_table(study, space)
     path = sweeps_dir / f"{study.study_name}.trials.csv"
-    atomic_write(path, table.to_csv(index=False))
+    atomic_write(path, to_csv(table))  # spreadsheet-safe: a categorical value may start with "="
     written["trials"] = path
     best = best_trial(study)
     if best is None:

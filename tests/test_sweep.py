@@ -551,3 +551,38 @@ def test_the_workers_of_a_sweep_die_with_their_parent_even_after_kill_9(tmp_path
     statuses = [json.loads((d / "summary.json").read_text())["status"] for d in runs() if (d / "summary.json").exists()]
     assert statuses.count("interrupted") == 2
 
+
+
+def test_the_live_view_shows_each_running_trials_epoch_and_an_eta_from_the_finished_ones():
+    import datetime as dt
+
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from dlexp.cli.sweep import running_line, sweep_eta
+
+    study = optuna.create_study()
+    t0 = dt.datetime(2026, 1, 1, 12, 0, 0)
+    for i, seconds in enumerate([30, 50]):  # two finished trials: 40 s on average
+        done = create_trial(state=TrialState.COMPLETE, value=0.1 * i, params={"lr": 0.1}, distributions={
+            "lr": optuna.distributions.FloatDistribution(0.01, 1.0)})
+        done.datetime_start, done.datetime_complete = t0, t0 + dt.timedelta(seconds=seconds)
+        study.add_trial(done)
+    running = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 1.0)})
+    running.set_user_attr("planned", ["epoch", 20])
+    running.report(0.5, 1)
+    running.report(0.4, 3)
+    trials = study.get_trials(deepcopy=False)
+    line = running_line(next(t for t in trials if t.state == TrialState.RUNNING))
+    assert line.startswith("epoch 3/20") and "lr=" in line
+    # 5 left, one running at a time: 5 rounds of the 40 s mean
+    assert sweep_eta(trials, 5) == "about 3 min"  # 200 s
+    assert sweep_eta(trials, 1) == "about 40 s"
+    assert sweep_eta(trials, 0) is None
+    folds = study.ask()
+    folds.set_user_attr("planned", ["fold", 5])
+    folds.report(0.3, 0)
+    folds.report(0.3, 1)  # folds are reported from 0: two of five done
+    assert running_line(study.get_trials(deepcopy=False)[-1]).startswith("fold 2/5")
+    # two running at once: ceil(5 / 2) = 3 rounds of 40 s
+    assert sweep_eta(study.get_trials(deepcopy=False), 5) == "about 2 min"

@@ -143,6 +143,7 @@ def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs
     from dlexp import study as st
     from dlexp.cli.progress import StudyDisplay
     from dlexp.kfold import score_of
+    from dlexp.report.tables import to_csv  # spreadsheet-safe: candidate labels carry the user's values
     from dlexp.results import atomic_write, write_json
 
     labels = _labels(grid)
@@ -172,7 +173,7 @@ def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs
         rows[o.index] = dict(candidate=p.columns["candidate"], label=labels[p.columns["candidate"]], repeat=p.columns["repeat"],
                              fold=p.columns["fold"], run_id=o.run_id, status=s.get("status"), score=score_of(s, metric, at),
                              train_score=score_of(s, train_metric, "final"), duration_s=float(s.get("duration_s") or 0.0))
-        atomic_write(study_dir / "folds.csv", pd.DataFrame([rows[i] for i in sorted(rows)]).to_csv(index=False))
+        atomic_write(study_dir / "folds.csv", to_csv(pd.DataFrame([rows[i] for i in sorted(rows)])))
 
     for p in points:
         if p.action == "done":
@@ -196,7 +197,7 @@ def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs
     folds_df = pd.DataFrame([rows[i] for i in sorted(rows)])
     if len(folds_df):
         folds_df = folds_df.sort_values(["candidate", "repeat", "fold"]).reset_index(drop=True)
-        atomic_write(study_dir / "folds.csv", folds_df.to_csv(index=False))
+        atomic_write(study_dir / "folds.csv", to_csv(folds_df))
     n_val = int(sum(len(f.val_idx) for f in fold_list) / len(fold_list))
     n_train = len(source) - n_val
     ranking, best = _rank(folds_df, labels, direction, n_train, n_val) if len(folds_df) else (pd.DataFrame(), None)
@@ -208,7 +209,7 @@ def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs
         "fold_indices": [{"repeat": f.repeat, "fold": f.index, "val_idx": f.val_idx.tolist()} for f in fold_list],
     }
     if len(ranking):
-        atomic_write(study_dir / "summary.csv", ranking.to_csv(index=False))
+        atomic_write(study_dir / "summary.csv", to_csv(ranking))
     detached = getattr(executor, "detached", False)  # --no-wait: the jobs run on; study.json says how many points
     if detached:
         write_json(study_dir / "study.json", summary)
