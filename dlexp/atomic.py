@@ -18,10 +18,13 @@ os.umask(_UMASK)
 Content = Union[str, bytes, Callable[[Path], None]]
 
 
-def atomic_write(path: str | Path, content: Content) -> Path:
-    """Write `content` (text, bytes, or a function that writes to the temporary path it is given)."""
+def atomic_write(path: str | Path, content: Content, *, parents: bool = True) -> Path:
+    """Write `content` (text, bytes, or a function that writes to the temporary path it is given).
+    With `parents=False` a missing folder is an error (FileNotFoundError), not made again: a run
+    folder deleted mid-run must not come back half-empty."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any file

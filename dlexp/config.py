@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from dlexp.errors import ConfigError
+from dlexp.errors import ConfigError, echo
 
 GROUPS = ("model", "dataset", "optimizer", "schedule", "trainer", "experiment")
 
@@ -33,23 +33,127 @@ def search_dirs(config_dir: str | Path | None = None) -> list[Path]:
     """Config folders in search order: the user's `--config-dir` first, then dlexp's own."""
     dirs = []
     if config_dir is not None:
-        user = Path(config_dir).expanduser().resolve()
+        try:
+            user = Path(config_dir).expanduser().resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a symlink loop so
+            raise ConfigError(f"--config-dir: {config_dir} is a symlink loop") from None
+        except OSError as e:
+            raise ConfigError(f"--config-dir: {config_dir}: {e.strerror or e}") from None
         if not user.is_dir():
             raise ConfigError(f"--config-dir: {config_dir} is not a directory")
+        check_user_files(user)
         dirs.append(user)
     dirs.append(conf_dir())
     return dirs
 
 
+# A user's config file is read by Hydra and OmegaConf, which copy every YAML alias: a file of a few
+# lines with nested anchors (a "billion laughs") would expand to 10**9 values and exhaust memory. The
+# files of a --config-dir are therefore measured first, on PyYAML's node graph (aliases shared, so
+# linear in the file), and refused past these bounds.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
+_CHECKED: dict[Path, tuple] = {}  # file -> its stat when it passed, so each file is measured once
+
+
+def check_user_files(folder: Path) -> None:
+    """Refuse a YAML file under a --config-dir that is too big, too deep, or expands too much."""
+    import os
+
+    for root, dirs, files in os.walk(folder):  # symlinked folders are not followed: no loops
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith((".yaml", ".yml")):
+                path = Path(root) / name
+                try:
+                    st = path.stat()
+                except OSError as e:  # a dangling link or a link loop: Hydra would trip on it later
+                    raise ConfigError(f"--config-dir: {path}: {e.strerror or e}") from None
+                stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+                if _CHECKED.get(path) != stamp:
+                    read_yaml(path, load=False)
+                    _CHECKED[path] = stamp
+
+
+def read_yaml(path: str | Path, load: bool = True) -> Any:
+    """A YAML file of user data, with PyYAML's safe loader, after checking that it is a regular file
+    of at most MAX_YAML_BYTES whose aliases expand to at most MAX_YAML_VALUES values nested at most
+    MAX_YAML_DEPTH deep. Every problem is a ConfigError naming the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise ConfigError(f"{path}: not a regular file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)
+        if len(data) > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MiB; a config file is a few lines")
+        text = data.decode("utf-8")
+        _measure(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        return yaml.safe_load(text) if load else None
+    except ConfigError:
+        raise
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        place = f", line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}{place}: not valid YAML ({getattr(e, 'problem', None) or _first_line(str(e))})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply (at most {MAX_YAML_DEPTH} levels)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _measure(root, path: Path) -> None:
+    """Count the values of a YAML node graph as its aliases expand (each shared node counted once per
+    use, memoized by identity, so that the count itself stays linear), and its depth."""
+    import yaml
+
+    sizes: dict[int, tuple[int, int]] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:  # iterative post-order: a deep file cannot overflow Python's stack here
+        node, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if not done:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        count = 1 + sum(sizes[id(c)][0] for c in children)
+        depth = 1 + max((sizes[id(c)][1] for c in children), default=0)
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{path}: nested more than {MAX_YAML_DEPTH} levels deep; refused")
+        if count > MAX_YAML_VALUES:
+            aliased = len(sizes) + 1 < count  # fewer distinct nodes than values: aliases repeat some
+            how = " once its aliases expand (nested anchors, a 'billion laughs'?)" if aliased else ""
+            raise ConfigError(f"{path}: holds more than {MAX_YAML_VALUES:,} values{how}; refused")
+        sizes[id(node)] = (count, depth)
+
+
 def describe(path: Path) -> str:
-    """A config file's one-line description: its first line, a `# ...` comment."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("# @package"):
-                continue
-            return line.lstrip("#").strip() if line.startswith("#") else ""
+    """A config file's one-line description: its first line, a `# ...` comment (cut to MAX_DESCRIPTION characters)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for _ in range(2):
+                line = f.readline(MAX_DESCRIPTION + 1).strip()
+                if line.startswith("# @package"):
+                    continue
+                text = line.lstrip("#").strip() if line.startswith("#") else ""
+                return text if len(text) <= MAX_DESCRIPTION else text[:MAX_DESCRIPTION] + "..."
+    except (OSError, UnicodeDecodeError) as e:
+        return f"(unreadable: {getattr(e, 'strerror', None) or type(e).__name__})"
     return ""
+
+
+MAX_DESCRIPTION = 300  # a first line longer than this (a 5 MB one) is cut
 
 
 def choices(group: str, config_dir: str | Path | None = None) -> dict[str, Path]:
@@ -57,7 +161,8 @@ def choices(group: str, config_dir: str | Path | None = None) -> dict[str, Path]
     found: dict[str, Path] = {}
     for d in reversed(search_dirs(config_dir)):
         for f in sorted((d / group).glob("*.yaml")):
-            found[f.stem] = f
+            if f.is_file():  # not a dangling link or a link loop
+                found[f.stem] = f
     return dict(sorted(found.items()))
 
 
@@ -79,11 +184,10 @@ def expand(overrides: Iterable[str], multirun: bool, config_dir: str | Path | No
 
     Without `multirun`, a sweep value is an error (as in Hydra) and exactly one run comes back.
     """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    overrides = list(overrides)
+    overrides = _bounded(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
@@ -96,17 +200,56 @@ def expand(overrides: Iterable[str], multirun: bool, config_dir: str | Path | No
     for o in parsed:
         o.config_loader = _GroupOptions(config_dir)  # for glob()
     try:
-        batches = BasicSweeper.split_arguments(parsed, None)
+        runs = [list(run) for run in itertools.product(*(_texts(o) for o in parsed))]
     except HydraException as e:
         raise ConfigError(_first_line(f"bad override: {e}")) from None
-    runs = [list(run) for batch in batches for run in batch]
     if not runs:
         raise ConfigError("the grid is empty: a sweep with no values")
     return runs
 
 
+def _texts(o) -> list[str]:
+    """The override text of each value of one override, for one run each: a plain override as typed
+    (Hydra's sweeper re-escapes it, which breaks `${oc.decode:"1"}`); a sweep's values as Hydra's
+    sweeper writes them, except interpolations, which are quoted so that they parse back as written."""
+    from hydra.core.override_parser.types import Transformer
+
+    if not o.is_sweep_override():
+        return [o.input_line]
+    if not o.is_discrete_sweep():
+        from hydra.errors import HydraException
+
+        raise HydraException(f"{o.get_key_element()}: sweeps of type {o.value_type.name} are not supported here")
+    key = o.get_key_element()
+    texts = []
+    for value in o.sweep_iterator(transformer=Transformer.identity):
+        text = Transformer.str(value)
+        if isinstance(value, str) and "${" in value and "\\" not in value:
+            quote = "'" if "'" not in value else '"' if '"' not in value else None
+            text = f"{quote}{value}{quote}" if quote else text
+        texts.append(f"{key}={text}")
+    return texts
+
+
+# Hydra's parser takes time quadratic in an override's length (a list of 4,000 numbers: 1.4 s, of
+# 40,000: minutes); no config value needs more than this
+MAX_OVERRIDE = 10_000
+
+
+def _bounded(overrides: Iterable[str]) -> list[str]:
+    overrides = list(overrides)
+    for o in overrides:
+        if len(o) > MAX_OVERRIDE:
+            key = o.split("=", 1)[0][:60]
+            raise ConfigError(f"{key if key.isprintable() else repr(key)}: an override of {len(o):,} characters; "
+                              f"at most {MAX_OVERRIDE:,}")
+    return overrides
+
+
 def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0]
+    """The first line of a library's message ('' stays '': Hydra raises some errors without one)."""
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _parse_error(overrides: list[str], error: Exception) -> ConfigError:
@@ -179,33 +322,37 @@ def _compose(overrides: list[str], config_dir) -> Any:
         message = str(e)
         m = re.search(r"Could not override '([^']+)'", message)
         if m:
-            raise ConfigError(f"{m.group(1)}: unknown key{_siblings(m.group(1), config_dir)}") from None
+            raise ConfigError(f"{m.group(1)}: unknown key{_siblings(m.group(1), overrides, config_dir)}") from None
         m = re.search(r"Could not (?:append|delete)[^']*'([^']+)'", message)
         if m:
             raise ConfigError(f"{m.group(1)}: {_first_line(message)}") from None
-        raise ConfigError(_first_line(message)) from None
+        raise ConfigError(_first_line(message) or f"config: Hydra could not compose it ({type(e).__name__}, no message)") from None
     finally:
         GlobalHydra.instance().clear()
 
 
-def _siblings(key: str, config_dir) -> str:
-    """'; trainer has: a, b, c' for an unknown key, from the default config."""
+def _siblings(key: str, overrides: list[str], config_dir) -> str:
+    """'; optimizer (adam) has: a, b, c' for an unknown key: the keys of the file the overrides chose
+    for its group (optimizer=adam, or an experiment's choice), not those of the default file."""
     parent = key.rsplit(".", 1)[0] if "." in key else ""
+    chosen = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in GROUPS]
     try:
-        cfg = _compose([], config_dir)
+        cfg = _compose(chosen, config_dir)
     except ConfigError:
         return ""
     from omegaconf import DictConfig, OmegaConf
 
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if isinstance(node, DictConfig):
-        return f"; {parent or 'the config'} has: {', '.join(str(k) for k in node.keys())}"
+        name = node.get("name") if parent in GROUPS else None
+        which = f"{parent} ({name})" if isinstance(name, str) else parent or "the config"
+        return f"; {which} has: {', '.join(str(k) for k in node.keys())}"
     return ""
 
 
 def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None) -> Any:
     """Compose `conf/config.yaml` with the overrides of ONE run and validate it."""
-    overrides = list(overrides)
+    overrides = _bounded(overrides)
     from hydra.errors import HydraException
 
     try:
@@ -213,6 +360,8 @@ def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None)
     except HydraException as e:
         raise _parse_error(overrides, e) from None
     for o in parsed:
+        if not o.key_or_group:  # '=0', '@=1', '~': Hydra reads an empty key as a group and fails deep inside
+            raise ConfigError(f"{echo(o.input_line)}: an override needs a key (key=value)")
         if o.is_sweep_override():
             raise ConfigError(f"{o.get_key_element()}: a sweep ({o.input_line}) needs -m/--multirun")
     for o in parsed:
@@ -223,6 +372,7 @@ def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None)
                               "(dlexp run --cfg shows them)")
     _check_choices(parsed, config_dir)
     cfg = _compose(overrides, config_dir)
+    _refuse_targets(cfg, config_dir)
     # The same composition with only the group choices: its value types are what the files declare.
     choice_only = [o.input_line for o in parsed if o.get_key_element().lstrip("+~") in GROUPS]
     reference = _compose(choice_only, config_dir)
@@ -231,6 +381,10 @@ def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None)
 
     try:
         OmegaConf.resolve(cfg)  # ${...} interpolations: resolved once, here, so a bad one is a bad input
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:  # '???' (OmegaConf's "no value yet"), given on the command line or left in a file
+            raise ConfigError(f"{missing[0]}: has no value ('???'); give it one, e.g. {missing[0]}=VALUE"
+                              + (f" (also without a value: {', '.join(missing[1:10])})" if len(missing) > 1 else ""))
         _check_groups(cfg)
         _check_types(cfg, reference)
     except OmegaConfBaseException as e:
@@ -239,11 +393,46 @@ def compose(overrides: Iterable[str] = (), config_dir: str | Path | None = None)
     return cfg
 
 
+def _refuse_targets(cfg, config_dir) -> None:
+    """A `_target_` (Hydra's "build this class") from a user's config file: dlexp builds only its own
+    registered classes, and `--resume` refuses such a config, so it is refused here, at composition."""
+    from omegaconf import OmegaConf
+
+    targets = _find_targets(OmegaConf.to_container(cfg, resolve=False))
+    if targets:
+        where = f" (from --config-dir {config_dir})" if config_dir is not None else ""
+        raise ConfigError(f"{targets[0]}: refused{where}: dlexp only builds its own registered classes "
+                          "(model, dataset, optimizer, schedule by name)")
+
+
 def _key_of(error: Exception, overrides: list[str]) -> str:
     """The key an OmegaConf error is about: its own, or the first override holding an interpolation
     (`key=${...}`, or `key=$\\{...\\}` as Hydra's sweep expansion escapes it)."""
     interpolated = (o.split("=", 1)[0].lstrip("+~") for o in overrides if re.search(r"\$\\?\{", o.split("=", 1)[-1]))
     return getattr(error, "full_key", None) or next(interpolated, "config")
+
+
+def compose_grid(grid: list[list[str]], config_dir: str | Path | None = None) -> list[Any]:
+    """`compose` of every point of a grid (from `expand`); an error names the point that failed."""
+    cfgs, composer = [], GridComposer(config_dir)
+    for i, point in enumerate(grid):
+        try:
+            cfgs.append(composer(point))
+        except ConfigError as e:
+            raise point_error(grid, i, e) from None
+    return cfgs
+
+
+def point_error(grid: list[list[str]], i: int, error: ConfigError) -> ConfigError:
+    """`error` of grid point i, prefixed with the point: its values of the keys that vary."""
+    if len(grid) == 1:
+        return error
+    keys: dict[str, set[str]] = {}
+    for point in grid:
+        for o in point:
+            keys.setdefault(o.split("=", 1)[0], set()).add(o)
+    label = " ".join(o for o in grid[i] if len(keys[o.split("=", 1)[0]]) > 1) or " ".join(grid[i])
+    return ConfigError(f"grid point {i + 1} of {len(grid)} ({label}): {error}", getattr(error, "details", ()))
 
 
 def _check_groups(cfg) -> None:
@@ -339,6 +528,22 @@ def _one_of(cfg, key: str, allowed: Iterable[str]) -> None:
 DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_float32(cfg) -> None:
+    """The optimizer's numbers meet float32 parameters: one beyond float32's range (lr=1e39) cannot be
+    applied at all, so it is bad input. (A product that overflows later, Adam's lr / (1 - beta1^t)
+    for lr=1e38, is divergence: see train.)"""
+    from omegaconf import ListConfig
+
+    for key, value in cfg.optimizer.items():
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        for v in values:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) > FLOAT32_MAX:
+                raise ConfigError(f"optimizer.{key}: {v!r} is beyond float32's range (largest {FLOAT32_MAX:.4g}), which the parameters use")
+
+
 def validate(cfg) -> None:
     """Range checks on the keys every run uses; each message names the key and the allowed values."""
     if _number(cfg, "trainer.epochs", integer=True) < 1:
@@ -366,6 +571,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"optimizer.lr: must be > 0, got {cfg.optimizer.lr}")
     if _number(cfg, "optimizer.weight_decay") < 0:
         raise ConfigError(f"optimizer.weight_decay: must be >= 0, got {cfg.optimizer.weight_decay}")
+    _check_float32(cfg)
     if "betas" in cfg.optimizer:
         betas = cfg.optimizer.betas
         if (not hasattr(betas, "__len__") or isinstance(betas, str) or len(betas) != 2
@@ -421,11 +627,20 @@ def validate(cfg) -> None:
         raise ConfigError(f"dataset.split_seed: must be in [0, 2**64), got {cfg.dataset.split_seed}")
     if not isinstance(cfg.results_dir, str) or not cfg.results_dir:
         raise ConfigError(f"results_dir: expected a path, got {cfg.results_dir!r}")
-    if cfg.name is not None and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", str(cfg.name)):
-        raise ConfigError(f"name: use 1-64 letters, digits, '.', '_' or '-', got {cfg.name!r}")
+    if cfg.name is not None:
+        check_name(str(cfg.name), "name", 64)
     from dlexp import loggers
 
     loggers.check(cfg)  # trainer.loggers: known names, their packages installed (dlexp/loggers.py)
+
+
+def check_name(name: str, what: str, longest: int) -> str:
+    """A user-given name that dlexp puts into a file or folder name (a run's `name`, a sweep or K-fold
+    `--study`): letters, digits, '.', '_', '-', not starting with '.', so that every path built from
+    it stays inside its folder ('..', '/', a hidden file, a newline are impossible)."""
+    if not re.fullmatch(rf"[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,{longest - 1}}}", name):
+        raise ConfigError(f"{what}: use 1-{longest} letters, digits, '.', '_' or '-', not starting with '.', got {echo(name)}")
+    return name
 
 
 def checkpoint_schedule(value: Any) -> tuple[str, float] | None:
@@ -485,14 +700,12 @@ def load_run_config(path: str | Path) -> Any:
     config file from a results folder that asks for anything else, such as a Hydra `_target_`
     pointing at arbitrary code, is refused.
     """
-    import yaml
     from omegaconf import OmegaConf
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read the run's config: {_first_line(str(e))}") from None
+    if path.is_symlink():
+        raise ConfigError(f"{path}: a symlink; a run folder holds plain files")
+    data = read_yaml(path)  # bounded: a config.yaml edited into an anchor bomb is refused too
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: not a config mapping")
     targets = _find_targets(data)

@@ -208,3 +208,94 @@ def build_model(model_cfg, sample_shape: Sequence[int], num_outputs: int) -> nn.
     if name != "point":  # a point's `init` is where it starts, not a scheme
         init_weights(model, model_cfg.get("init", "default"), float(model_cfg.get("init_std", 0.01)))
     return model
+
+
+def memory_needed(model_cfg, sample_shape: Sequence[int], num_outputs: int, batch_size: int) -> tuple[int, int] | None:
+    """(parameter bytes, activation bytes of one training batch) of the model `model_cfg` names, measured
+    on PyTorch's "meta" device: the model is built and run on shapes only, so nothing is allocated.
+    None for a model that cannot be built or run there (one that reads values while it is built)."""
+    try:
+        return _measure_on_meta(model_cfg, sample_shape, num_outputs, batch_size)
+    except ConfigError:
+        raise
+    except Exception:  # a memory estimate must never stop a model that would train
+        return None
+
+
+def _measure_on_meta(model_cfg, sample_shape, num_outputs, batch_size) -> tuple[int, int]:
+    with torch.device("meta"):
+        model = MODELS[model_cfg.name](tuple(sample_shape), num_outputs, model_cfg)
+        params = sum(p.numel() * p.element_size() for p in model.parameters())
+        activations = 0
+
+        def count(module, inputs, output) -> None:
+            nonlocal activations
+            if isinstance(output, torch.Tensor):
+                activations += output.numel() * output.element_size()
+
+        leaves = [m for m in model.modules() if not list(m.children())]
+        hooks = [m.register_forward_hook(count) for m in leaves]
+        try:
+            model(torch.empty((batch_size, *sample_shape)))
+        finally:
+            for h in hooks:
+                h.remove()
+    return params, activations
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes this process can still allocate on `device`, or None where that cannot be told: on CUDA
+    the free device memory; on the CPU the least of the system's available memory, the cgroup's
+    (container's) limit minus its usage, and the address-space limit (ulimit -v) minus what is mapped."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        limits.append(int(info["MemAvailable"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        pass
+    for limit_file, usage_file in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            with open(f"/sys/fs/cgroup/{limit_file}") as f:
+                limit = f.read().strip()
+            with open(f"/sys/fs/cgroup/{usage_file}") as f:
+                usage = int(f.read().strip())
+            if limit.isdigit() and int(limit) < 1 << 60:
+                limits.append(int(limit) - usage)
+        except (OSError, ValueError):
+            pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                mapped = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+            limits.append(soft - mapped)
+    except (ImportError, OSError, ValueError, StopIteration):
+        pass
+    return max(0, min(limits)) if limits else None
+
+
+def check_memory(model_cfg, sample_shape: Sequence[int], num_outputs: int, batch_size: int, device: torch.device,
+                 data_bytes: int = 0) -> None:
+    """Refuse, before anything is allocated, a model that cannot fit: its parameters, their gradients
+    and the activations of one batch (a lower bound: the optimizer's state comes on top) against the
+    memory available on `device`, plus `data_bytes` of data still to be moved there."""
+    measured = memory_needed(model_cfg, sample_shape, num_outputs, batch_size)
+    if measured is None:
+        return
+    params, activations = measured
+    needed = 2 * params + activations + data_bytes
+    free = available_memory(device)
+    if free is not None and needed > free:
+        gib = lambda b: f"{b / 2**30:.1f} GiB"
+        data = f" + data {gib(data_bytes)}" if data_bytes else ""
+        raise ConfigError(
+            f"model: needs at least {gib(needed)} (parameters {gib(params)} + their gradients + activations "
+            f"{gib(activations)} for a batch of {batch_size}{data}; the optimizer's state comes on top), "
+            f"but {device.type} has {gib(free)} available; make model.hidden or trainer.batch_size smaller"
+        )
+

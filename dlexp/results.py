@@ -30,8 +30,8 @@ NUMERIC_METRIC_COLUMNS = ["epoch", "step", "value", "time_s"]
 STATUSES = ("ok", "diverged", "pruned", "interrupted", "failed")
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def write_json(path: str | Path, obj: Any, *, parents: bool = True) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", parents=parents)
 
 
 def new_run_dir(results_dir: str | Path, name: str | None = None) -> tuple[str, Path]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,11 @@ from dlexp import config
 from dlexp.errors import ConfigError
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc")
+# Optuna stores a categorical's choices with every trial, and dlexp composes a config per choice before
+# the first trial; a space of 10**6 choices would run silently for minutes. Past these bounds a space
+# is refused: a range of numbers is an int or float parameter with a step, not a list.
+MAX_CHOICES = 1000
+MAX_GRID = 100_000
 PRUNERS = ("median", "hyperband", "wilcoxon", "none")
 # A trial counts towards --trials once it is finished: complete or pruned. Failed trials do not.
 FINISHED = ("COMPLETE", "PRUNED")
@@ -80,18 +84,14 @@ def available(config_dir: str | Path | None = None) -> dict[str, Path]:
 
 
 def load_space(name: str, config_dir: str | Path | None = None) -> Space:
-    import yaml
-
     files = available(config_dir)
     if name not in files:
         raise ConfigError(f"sweep={name}: unknown search space; choose one of: {', '.join(files) or '(none)'}")
     path = files[name]
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"sweep={name}: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"sweep={name}: cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        data = config.read_yaml(path)  # bounded: an anchor bomb or a 5 GB file is refused
+    except ConfigError as e:
+        raise ConfigError(f"sweep={name}: {e}") from None
     return parse_space(data, name, config.describe(path), config_dir)
 
 
@@ -153,6 +153,9 @@ def _param(key: str, spec: Any, where: str) -> Param:
         choices = spec["categorical"]
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: categorical needs a non-empty list of choices")
+        if len(choices) > MAX_CHOICES:
+            raise ConfigError(f"{where}: {len(choices):,} choices, more than {MAX_CHOICES:,}; for a range of numbers "
+                              "use {int: [low, high], step: ...} or {float: [low, high]}")
         # lists (model.hidden: [[64], [128, 128]]) become their override text, since Optuna stores scalars
         p.choices = [_override_text(c) if isinstance(c, (list, dict)) else c for c in choices]
         if len(set(map(repr, p.choices))) != len(p.choices):
@@ -336,8 +339,23 @@ def check_fixed(space: Space, fixed: list[str]) -> None:
 
 
 def grid(space: Space) -> dict[str, list[Any]]:
-    """The finite grid of a space for Optuna's GridSampler; continuous parameters are refused."""
+    """The finite grid of a space for Optuna's GridSampler; continuous parameters are refused, and
+    grids of more than MAX_GRID points (counted before any list is built)."""
     out: dict[str, list[Any]] = {}
+    points = 1
+    for p in space.params:
+        if p.kind == "categorical":
+            size = len(p.choices)
+        elif p.step is not None:
+            size = int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1
+        elif p.kind == "int" and not p.log:
+            size = int(p.high) - int(p.low) + 1
+        else:
+            size = 1  # continuous: refused below, with its own message
+        points *= size
+        if points > MAX_GRID:
+            raise ConfigError(f"--sampler grid: the grid of sweep {space.name} has more than {MAX_GRID:,} points "
+                              f"({p.name} alone has {size:,} values); give coarser steps or use another sampler")
     for p in space.params:
         if p.kind == "categorical":
             out[p.name] = list(p.choices)
@@ -357,21 +375,9 @@ def grid(space: Space) -> dict[str, list[Any]]:
 # names, storage, sampler, pruner
 
 
-_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)")
+from dlexp.masking import mask, remember  # noqa: E402,F401  (sweep.mask: what report and the CLI call)
 
 
-def mask(text: str, url: str | None = None) -> str:
-    """Hide passwords: `scheme://user:pw@host` -> `scheme://user:***@host` (and `pw` itself anywhere,
-    where `url` names it, since drivers sometimes repeat it in their messages)."""
-    text = str(text)
-    if url:
-        m = _PASSWORD.search(url)
-        if m and m.group("pw") and len(m.group("pw")) >= 3:
-            text = text.replace(m.group("pw"), "***") if m.group("pw") != "***" else text
-    return _PASSWORD.sub(lambda m: f"{m.group('head')}***{m.group('at')}", text)
-
-
-STUDY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
 def study_name(sweep: str, fixed: list[str], metric: str, cv: int | None) -> str:
@@ -390,18 +396,63 @@ def storage_target(spec: str | None, results_dir: str | Path, study: str) -> tup
     .db/.sqlite/.sqlite3 -> that SQLite file.
     """
     if spec is None:
-        return "rdb", f"sqlite:///{(Path(results_dir) / 'sweeps' / f'{study}.db').resolve()}"
+        return "rdb", f"sqlite:///{_storage_file(Path(results_dir) / 'sweeps' / f'{study}.db', 'results_dir')}"
     if spec.startswith("journal:"):
-        return "journal", str(Path(spec[len("journal:"):]).expanduser().resolve())
+        return "journal", str(_storage_file(spec[len("journal:"):], f"--storage {spec}"))
     if "://" in spec:
+        remember(spec)
+        _check_url(spec)
         return "rdb", spec
     suffix = Path(spec).suffix.lower()
     if suffix in (".log", ".jsonl"):
-        return "journal", str(Path(spec).expanduser().resolve())
+        return "journal", str(_storage_file(spec, f"--storage {spec}"))
     if suffix in (".db", ".sqlite", ".sqlite3"):
-        return "rdb", f"sqlite:///{Path(spec).expanduser().resolve()}"
+        return "rdb", f"sqlite:///{_storage_file(spec, f'--storage {spec}')}"
     raise ConfigError(f"--storage {mask(spec)}: expected a database URL (sqlite:///..., postgresql+psycopg://...), "
                       "a .db file, or a journal file (journal:PATH, *.log, *.jsonl)")
+
+
+def _storage_file(path: str | Path, what: str) -> Path:
+    """The absolute path of a storage file, whose folder exists or can be made (not under a file)."""
+    try:
+        path = Path(path).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise ConfigError(f"{what}: cannot make the folder of {path}: {getattr(e, 'strerror', None) or e}") from None
+    if path.is_dir():
+        raise ConfigError(f"{what}: {path} is a folder; give a file")
+    return path
+
+
+def _check_url(url: str) -> None:
+    """A database URL that can work: a SQLite one names a file; a password holds no unencoded '@'
+    (SQLAlchemy would take the rest of the password for the host name, and send it to DNS)."""
+    from urllib.parse import urlsplit
+
+    scheme = url.split("://", 1)[0]
+    if scheme.split("+", 1)[0].lower() == "sqlite":
+        path = _sqlite_path(url)
+        if not path or ":memory:" in url or "mode=memory" in url:
+            raise ConfigError(f"--storage {mask(url, url)}: give a SQLite file, as sqlite:///relative/path.db or "
+                              "sqlite:////absolute/path.db (an in-memory study is lost at exit, and --jobs workers could not share it)")
+        _storage_file(path, f"--storage {mask(url, url)}")
+        return
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError as e:
+        raise ConfigError(f"--storage {mask(url, url)}: not a URL ({e})") from None
+    if netloc.count("@") > 1:
+        raise ConfigError(f"--storage {mask(url, url)}: the password holds an unencoded '@'; percent-encode it (@ is %40)")
+
+
+def _sqlite_path(url: str) -> str:
+    """The file of a SQLite URL: sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db, and the
+    same in SQLite's URI form (sqlite:///file:/abs.db?uri=true); '' for sqlite:// (in memory)."""
+    rest = url.split("://", 1)[1].split("?", 1)[0]
+    if not rest.startswith("/"):
+        return ""
+    path = rest[1:]
+    return path[len("file:"):] if path.startswith("file:") else path
 
 
 def open_storage(kind: str, target: str, heartbeat: int | None = 10):
@@ -421,9 +472,9 @@ def open_storage(kind: str, target: str, heartbeat: int | None = 10):
         except OSError as e:
             raise ConfigError(f"--storage journal:{target}: {e.strerror or e}") from None
     engine_kwargs: dict[str, Any] = {}
+    remember(target)  # a worker process masks what its parent masks
     if target.startswith("sqlite"):
-        path = Path(target.split(":///", 1)[1])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = _storage_file(_sqlite_path(target), f"--storage {mask(target, target)}")
         _sqlite_wal(path)
         # several local workers: wait for the write lock instead of failing with "database is locked"
         engine_kwargs["connect_args"] = {"timeout": 120}
@@ -461,7 +512,9 @@ def _retry(fn: Callable[[], Any], target: str, tries: int = 8) -> Any:
             text = str(e).lower()
             transient = any(s in text for s in ("locked", "already exists", "duplicate", "unique constraint"))
             if not transient or i == tries - 1:
-                raise ConfigError(f"--storage {mask(target, target)}: {mask(str(e).splitlines()[0], target)}") from None
+                # the storage's own words (Optuna wraps a full disk as "invalid data in the commit")
+                cause = storage_cause(e) or e
+                raise ConfigError(f"--storage {mask(target, target)}: {mask(_cause_text(cause), target)}") from None
             time.sleep(0.2 * (i + 1))
 
 
@@ -537,6 +590,7 @@ class Objective:
         self.extra_meta = extra_meta
         self._data: dict[str, Any] = {}  # dataset YAML -> (source, splits): loaded once per process
         self.compose = composer or Composer(space, fixed, config_dir)
+        self.on_progress: Callable[[], None] | None = None  # after each reported epoch or fold (a live display)
 
     def data(self, dataset_cfg):
         from dlexp.data import holdout_indices, load_source, make_splits
@@ -595,12 +649,15 @@ class Objective:
         import optuna
 
         split, metric = self.metric.split("/", 1)
+        trial.set_user_attr("planned", ["epoch", int(cfg.trainer.epochs)])  # what a live display counts in
 
         def on_epoch(epoch: int, records: list[dict[str, Any]]) -> None:
             value = next((r["value"] for r in reversed(records) if r["epoch"] == epoch and r["split"] == split and r["metric"] == metric), None)
             if value is None or not math.isfinite(value):
                 return  # a diverged epoch: execute returns status "diverged" right after this
             trial.report(value, epoch)
+            if self.on_progress is not None:
+                self.on_progress()
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}: {self.metric} {value:.4g}")
 
@@ -716,6 +773,7 @@ class Objective:
         source, _ = self.data(cfg.dataset)
         folds = kfold.make_folds(source, self.cv, seed=int(cfg.dataset.get("split_seed", 0)))
         scores: list[float] = []
+        trial.set_user_attr("planned", ["fold", len(folds)])
 
         def on_fold(i: int, score: float) -> None:
             scores.append(score)
@@ -723,6 +781,8 @@ class Objective:
                 return
             # Wilcoxon compares fold by fold; the others see the running mean, step = fold index
             trial.report(score if self.pruner == "wilcoxon" else sum(scores) / len(scores), i)
+            if self.on_progress is not None:
+                self.on_progress()
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after fold {i}: {self.metric} mean {sum(scores) / len(scores):.4g}")
 
@@ -795,6 +855,42 @@ def work(study, objective: Objective, n_trials: int, *, deadline: float | None =
     `vectorize` N > 1: up to N new trials at a time (`Objective.batch`), never more than the study
     still needs.
     """
+    try:
+        return _work(study, objective, n_trials, deadline, on_trial, on_wait, max_failures)
+    except Exception as e:
+        cause = storage_cause(e)
+        if cause is None:
+            raise
+        # Optuna cannot record a trial's end (a full disk: its finally-block then fails with
+        # "AssertionError: Should not reach."): one line naming the storage's own error
+        raise StorageError(f"the study's storage failed: {mask(_cause_text(cause))}; finished trials are kept, and "
+                           "the same command continues the study once the storage works again") from None
+
+
+class StorageError(RuntimeError):
+    """The study's storage failed while trials ran (a full disk, a lost database server)."""
+
+
+def storage_cause(error: BaseException) -> BaseException | None:
+    """The storage's own error (sqlite3, SQLAlchemy, a database driver, a file system) behind
+    `error`, searching its chain of causes deepest first; None if it has none."""
+    chain: list[BaseException] = []
+    while error is not None and all(error is not c for c in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for e in reversed(chain):
+        module = type(e).__module__ or ""
+        if module.startswith(("sqlite3", "sqlalchemy", "psycopg", "pymysql", "optuna.storages")) or isinstance(e, OSError):
+            return e
+    return None
+
+
+def _cause_text(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _work(study, objective, n_trials, deadline, on_trial, on_wait, max_failures) -> str:
     import warnings
 
     import optuna
@@ -900,13 +996,14 @@ def write_outputs(study, space: Space, sweeps_dir: Path, *, metric: str, directi
     `dlexp run --config-dir <sweeps_dir> experiment=<study>` composes to the best trial's exact config."""
     import yaml
 
+    from dlexp.report.tables import to_csv
     from dlexp.results import atomic_write
 
     sweeps_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     table = trials_table(study, space)
     path = sweeps_dir / f"{study.study_name}.trials.csv"
-    atomic_write(path, table.to_csv(index=False))
+    atomic_write(path, to_csv(table))  # spreadsheet-safe: a categorical value may start with "="
     written["trials"] = path
     best = best_trial(study)
     if best is None:

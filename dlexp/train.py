@@ -32,7 +32,7 @@ from torch import nn
 from dlexp.config import checkpoint_schedule
 from dlexp.data import CLASSIFICATION, OBJECTIVE, REGRESSION, Splits
 from dlexp.errors import ConfigError
-from dlexp.models import build_model, check_inputs
+from dlexp.models import build_model, check_inputs, check_memory
 from dlexp.optim import OPTIMIZERS, check_sparse_gradients
 from dlexp.schedules import make_schedule
 
@@ -111,6 +111,8 @@ def build(cfg, splits: Splits, device: torch.device) -> tuple[nn.Module, list[to
     """`cfg`'s model (on `device`), the parameters that decay, the optimizer and the schedule for
     `splits`: what `train` runs with."""
     check_inputs(cfg.model, splits.train[0])
+    check_memory(cfg.model, splits.sample_shape, splits.num_outputs, min(int(cfg.trainer.batch_size), len(splits.train[0])),
+                 device, data_bytes=_data_bytes(splits) if device.type != "cpu" else 0)  # a 40 GB model: one line, not a crash
     model = build_model(cfg.model, splits.sample_shape, splits.num_outputs).to(device)  # before the optimizer's state
     check_sparse_gradients(model, cfg.optimizer)
     opt_cfg = cfg.optimizer
@@ -128,6 +130,10 @@ def build(cfg, splits: Splits, device: torch.device) -> tuple[nn.Module, list[to
     total = epochs if cfg.schedule.unit == "epoch" else epochs * steps_per_epoch
     schedule = make_schedule(cfg.schedule, base_lr=float(opt_cfg.lr), total=total)
     return model, decay_params, optimizer, schedule
+
+
+def _data_bytes(splits: Splits) -> int:
+    return sum(t.numel() * t.element_size() for pair in (splits.train, splits.val, splits.test) if pair is not None for t in pair)
 
 
 def check_buildable(cfg, splits: Splits) -> None:
@@ -403,6 +409,7 @@ def train(
             restore_rng(resume["rng"], shuffle, device)
         records = [list(r["records"]) for r in states]
         step, first_epoch = int(states[0]["step"]), int(states[0]["epoch"]) + 1
+        epoch = first_epoch - 1  # a checkpoint of the last epoch (killed before its summary): nothing left to train
         offset = max(float(r["elapsed"]) for r in states)
     start = time.perf_counter() - offset
     every = checkpoint_schedule(cfg.trainer.get("checkpoint_every", 1))
@@ -456,14 +463,24 @@ def train(
                 # without the profiler range torch.optim's wraps around it (~25 us of a batch-1 step)
                 model.zero_grad(set_to_none=True)
                 objective.backward()
-                if wd_mode == "decoupled" and decays:
-                    # AdamW-style: w <- w - lr * lambda * w, before the update, outside the gradient
-                    with torch.no_grad():
-                        if group:
-                            g.scale(decay_params, 1.0 - lr * wd)
-                        else:
-                            torch._foreach_mul_(decay_params, 1.0 - lr * wd)
-                optimizer.step()
+                try:
+                    if wd_mode == "decoupled" and decays:
+                        # AdamW-style: w <- w - lr * lambda * w, before the update, outside the gradient
+                        with torch.no_grad():
+                            if group:
+                                g.scale(decay_params, 1.0 - lr * wd)
+                            else:
+                                torch._foreach_mul_(decay_params, 1.0 - lr * wd)
+                    optimizer.step()
+                except RuntimeError as e:
+                    if not overflowed(e):
+                        raise
+                    # a step size beyond float32's range (lr=1e38 with Adam's lr / (1 - beta1^t)): the
+                    # parameters would become inf, so the run diverged, as with a NaN loss (in a group the
+                    # step is one for all members: each of them)
+                    for m in alive:
+                        status[m], reason[m] = "diverged", f"an update overflowed float32 in epoch {epoch}" + (f" (lr {lr:g})" if isinstance(lr, float) else "")
+                    break
                 step += 1
                 if group:
                     running.add(out, yb, loss, valid)
@@ -551,6 +568,11 @@ def checkpoint_due(every: tuple[str, float] | None, epoch: int, since_last_s: fl
         return False
     unit, n = every
     return epoch % int(n) == 0 if unit == "epochs" else since_last_s >= n
+
+
+def overflowed(error: RuntimeError) -> bool:
+    """torch's error for a Python number that does not fit the tensor's dtype (a float32 step size of 1e39)."""
+    return "without overflow" in str(error)
 
 
 def checkpoint_state(epoch, step, model, optimizer, shuffle, records, elapsed) -> dict[str, Any]:

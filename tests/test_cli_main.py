@@ -35,4 +35,4 @@ def test_the_cli_sets_a_passive_omp_wait_policy_unless_the_user_chose_one(tmp_pa
     assert p.returncode == 0, p.stderr
     meta = json.loads((run_dirs(results_dir)[0] / "meta.json").read_text())
     assert meta["omp_wait_policy"] == recorded
-    assert meta["torch_threads"] >= 1  # recorded beside it
+    assert meta["threads"] >= 1  # recorded beside it

@@ -117,6 +117,17 @@ def test_download_is_verified_and_lands_in_the_cache(server, monkeypatch, tmp_pa
     assert len(server.requests) == n
 
 
+def test_a_cache_folder_that_is_a_file_only_costs_the_cache(server, monkeypatch, tmp_path, capsys):
+    not_a_folder = tmp_path / "xdg"
+    not_a_folder.write_text("XDG_CACHE_HOME points at a file")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(not_a_folder))
+    monkeypatch.setenv("DLEXP_MIRRORS", server.url())
+    path = fetch("airfoil", [AIRFOIL])[AIRFOIL.name]
+    assert _sha1(path) == AIRFOIL.digest and not path.is_relative_to(not_a_folder)  # a temporary folder instead
+    assert "cache folder unusable" in capsys.readouterr().err
+    assert not_a_folder.read_text() == "XDG_CACHE_HOME points at a file"
+
+
 def test_corrupt_cache_file_is_refused_and_fetched_again(server, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("DLEXP_MIRRORS", server.url())
     cached = tmp_path / "cache" / "dlexp" / "airfoil" / AIRFOIL.name
@@ -182,14 +193,15 @@ def test_offline_error_names_files_checksums_urls_and_folders(server, monkeypatc
     files = mnist.FILES["fashion-mnist"][1::2]  # the two label files
     with pytest.raises(DataNotFoundError) as e:
         fetch("fashion-mnist", files, root=tmp_path / "mine")
-    msg = str(e.value)
+    line, details = str(e.value), e.value.details
+    assert "\n" not in line and len(line) < 300  # the CLI prints one short line, then the details as a list
+    msg = "\n".join([line, *details])
     for f in files:
         assert f.name in msg and f.digest in msg
         assert f"{server.url('/gone').format(folder='fashion-mnist')}{f.name}: HTTP 404" in msg
         assert f"http://127.0.0.1:9/fashion-mnist/{f.name}" in msg
     assert str(tmp_path / "cache" / "dlexp" / "fashion-mnist") in msg
-    assert str(tmp_path / "mine") in msg and "dataset.root" in msg and "DLEXP_DATA" in msg
-    assert "\n" not in msg  # the CLI prints one line
+    assert str(tmp_path / "mine") in msg and "dataset.root" in line and "DLEXP_DATA" in line
 
 
 def test_dlexp_offline_never_downloads(server, monkeypatch):
@@ -260,6 +272,6 @@ def test_the_offline_error_says_how_to_allow_the_plain_http_mirrors(monkeypatch)
     monkeypatch.setenv("DLEXP_OFFLINE", "1")
     with pytest.raises(download.DataNotFoundError) as e:
         download.fetch("fashion-mnist", [download.RemoteFile("x.gz", "md5", "0" * 32, 1)])
-    message = str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+    message = "\n".join(e.value.details)
     assert "DLEXP_ALLOW_HTTP=1" in message and "raw.githubusercontent.com" in message
-    assert len(message.splitlines()) == 1

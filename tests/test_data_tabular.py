@@ -187,3 +187,60 @@ def test_every_dataset_config_names_itself_and_says_what_it_is():
         cfg = OmegaConf.load(CONF / f"{name}.yaml")
         assert cfg.name == name and "val_fraction" in cfg and "split_seed" in cfg
         assert name == "csv" or ("root" in cfg and cfg.root is None)
+
+
+# --- hostile data: non-finite values, high-cardinality columns ------------------------------------
+
+
+@pytest.mark.parametrize("column, row, value", [("size", 17, "inf"), ("size", 0, "-inf"), ("price", 41, "inf"),
+                                                 ("price", 5, "1e39")])
+def test_non_finite_data_is_refused_at_load_naming_column_and_row(tmp_path, iris_like, column, row, value):
+    frame = iris_like.astype({column: object})
+    frame.loc[row, column] = value
+    path = _write(tmp_path, "train.csv", frame)
+    for target in ("price", "kind"):
+        if target == "kind" and value == "1e39":
+            continue  # a feature of 1e39 is finite and standardized: only a float32 target cannot hold it
+        task = "regression" if target == "price" else "classification"
+        with pytest.raises(ConfigError) as e:
+            load_source(_csv_cfg(path=path, target=target, task=task))
+        message = str(e.value)
+        assert f"'{column}'" in message and f"row {row + 1}" in message and f"line {row + 2}" in message, message
+
+
+def test_a_nan_feature_is_still_a_missing_value(tmp_path, iris_like):
+    frame = iris_like.copy()
+    frame.loc[3, "size"] = np.nan
+    splits = load_splits(_csv_cfg(path=_write(tmp_path, "train.csv", frame), target="kind", task="classification"))
+    assert torch.isfinite(splits.train[0]).all()
+
+
+def test_a_synthetic_target_beyond_float32_is_refused(tmp_path):
+    cfg = OmegaConf.load(CONF.parent / "dataset" / "synthetic.yaml")
+    cfg.w = 1e38
+    with pytest.raises(ConfigError, match=r"dataset \(synthetic\): training target row \d+ holds a non-finite value"):
+        load_source(cfg)
+
+
+def test_a_high_cardinality_column_is_refused_before_one_hot_with_the_way_out(tmp_path):
+    n = 30_000
+    frame = pd.DataFrame({"user": [f"u{i:05d}" for i in range(n)], "x": np.arange(n) % 7, "y": np.arange(n) % 2})
+    path = _write(tmp_path, "train.csv", frame)
+    with pytest.raises(ConfigError) as e:
+        load_splits(_csv_cfg(path=path, target="y", task="classification"))
+    message = str(e.value)
+    assert "'user'" in message and "dataset.max_categories=1000" in message and "dataset.drop=[user]" in message
+    splits = load_splits(_csv_cfg(path=path, target="y", task="classification", drop=["user"]))
+    assert splits.train[0].shape[1] == 1
+    few = frame.assign(user=frame["user"].str[:4])  # u000..u299: 300 distinct values, one-hot as before
+    splits = load_splits(_csv_cfg(path=_write(tmp_path, "few.csv", few), target="y", task="classification", max_categories=300))
+    assert splits.train[0].shape[1] == 1 + 300 + 1
+
+
+def test_a_file_that_is_not_text_or_not_regular_is_refused_without_reading_it_into_the_message(tmp_path):
+    binary = tmp_path / "b.csv"
+    binary.write_bytes(b"a,b\n1,\x00secret\n")
+    for path, words in ((binary, "NUL bytes"), ("/dev/zero", "not a regular file"), (tmp_path, "not a regular file")):
+        with pytest.raises(ConfigError) as e:
+            load_source(_csv_cfg(path=str(path), target="a", task="regression"))
+        assert words in str(e.value) and "secret" not in str(e.value)

@@ -119,13 +119,20 @@ def finished_run(cli, results_dir) -> Path:
     return run_dirs(results_dir)[0]
 
 
+@pytest.fixture
+def unfinished_run(finished_run) -> Path:
+    """finished_run as if killed after its last checkpoint and before its summary.json."""
+    (finished_run / "summary.json").unlink()
+    return finished_run
+
+
 def resume(cli, run: Path, results_dir: Path):
     return cli("run", "--resume", run.name, f"results_dir={results_dir}")
 
 
-def test_resume_without_a_checkpoint_is_one_line_exit_2(cli, finished_run, results_dir):
-    (finished_run / "checkpoint.pt").unlink()
-    r = resume(cli, finished_run, results_dir)
+def test_resume_without_a_checkpoint_is_one_line_exit_2(cli, unfinished_run, results_dir):
+    (unfinished_run / "checkpoint.pt").unlink()
+    r = resume(cli, unfinished_run, results_dir)
     assert r.exit_code == 2, r.output
     assert len(error_lines(r.stderr)) == 1 and "checkpoint" in r.stderr and "Traceback" not in r.output
 
@@ -136,11 +143,11 @@ def test_resume_of_an_unknown_run_is_one_line_exit_2(cli, results_dir):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
-def test_a_damaged_checkpoint_is_refused_in_one_line(cli, finished_run, results_dir, damage):
-    ckpt = finished_run / "checkpoint.pt"
+def test_a_damaged_checkpoint_is_refused_in_one_line(cli, unfinished_run, results_dir, damage):
+    ckpt = unfinished_run / "checkpoint.pt"
     data = ckpt.read_bytes()
     ckpt.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(2000), "empty": b""}[damage])
-    r = resume(cli, finished_run, results_dir)
+    r = resume(cli, unfinished_run, results_dir)
     assert r.exit_code == 2, r.output
     assert len(error_lines(r.stderr)) == 1 and "checkpoint.pt" in r.stderr and "Traceback" not in r.output
 
@@ -160,9 +167,9 @@ class _Arbitrary:
 
 
 @pytest.mark.parametrize("payload", ["reduce", "class"])
-def test_a_checkpoint_with_a_pickled_object_is_refused_and_runs_no_code(cli, finished_run, results_dir, tmp_path, payload):
+def test_a_checkpoint_with_a_pickled_object_is_refused_and_runs_no_code(cli, unfinished_run, results_dir, tmp_path, payload):
     marker = tmp_path / "pwned"
-    ckpt = finished_run / "checkpoint.pt"
+    ckpt = unfinished_run / "checkpoint.pt"
     good = torch.load(ckpt, weights_only=True)
     if payload == "reduce":
         good["records"].append(_WritesAMarker(str(marker)))  # inside an otherwise valid checkpoint
@@ -170,16 +177,16 @@ def test_a_checkpoint_with_a_pickled_object_is_refused_and_runs_no_code(cli, fin
     else:
         torch.save({"x": _Arbitrary()}, ckpt)
     assert not marker.exists()
-    r = resume(cli, finished_run, results_dir)
+    r = resume(cli, unfinished_run, results_dir)
     assert r.exit_code == 2, r.output
     assert len(error_lines(r.stderr)) == 1 and "checkpoint.pt" in r.stderr and "Traceback" not in r.output
     assert not marker.exists(), "loading the checkpoint ran code from it"
 
 
-def test_a_plain_pickle_as_checkpoint_runs_no_code(cli, finished_run, results_dir, tmp_path):
+def test_a_plain_pickle_as_checkpoint_runs_no_code(cli, unfinished_run, results_dir, tmp_path):
     marker = tmp_path / "pwned"
-    (finished_run / "checkpoint.pt").write_bytes(pickle.dumps(_WritesAMarker(str(marker))))
-    r = resume(cli, finished_run, results_dir)
+    (unfinished_run / "checkpoint.pt").write_bytes(pickle.dumps(_WritesAMarker(str(marker))))
+    r = resume(cli, unfinished_run, results_dir)
     assert r.exit_code == 2 and not marker.exists()
 
 
@@ -199,8 +206,10 @@ def assert_complete_metrics(run: Path, status: str) -> pd.DataFrame:
     return m
 
 
-# SIGTERM (`kill PID`, a scheduler's time limit) ends a run as Ctrl-C does
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# SIGTERM (`kill PID`, a scheduler's time limit), SIGHUP (a closed terminal) and SIGUSR1 (Slurm's
+# warning before a time limit) end a run as Ctrl-C does; the other stop signals are checked below
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"])
 def test_a_signal_mid_training_is_exit_130_with_an_interrupted_complete_run(start, results_dir, sig):
     p = start("run", *LONG, f"results_dir={results_dir}")
     wait_for(lambda: has(results_dir, "metrics.csv"), p)
@@ -211,6 +220,25 @@ def test_a_signal_mid_training_is_exit_130_with_an_interrupted_complete_run(star
     assert "Traceback" not in err
     m = assert_complete_metrics(only_run(results_dir), "interrupted")
     assert m["epoch"].max() < 30
+
+
+def test_every_stop_signal_interrupts_the_main_thread_as_ctrl_c_does(tmp_path):
+    from dlexp.signals import STOP_SIGNALS
+
+    # the handling of the first signal (writing a run's files) is not cut short by a repeat
+    script = ("import time; from dlexp.signals import interrupt_on_stop_signals; interrupt_on_stop_signals()\n"
+              "try:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+              "    print('interrupted', flush=True)\n    time.sleep(1)\n    print('cleaned up', flush=True)\n")
+    for name in STOP_SIGNALS:
+        if not hasattr(signal, name):
+            continue
+        p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+        assert p.stdout.readline().strip() == "ready"
+        p.send_signal(getattr(signal, name))
+        assert p.stdout.readline().strip() == "interrupted", name
+        p.send_signal(getattr(signal, name))  # a repeat, as a dying parent's worker gets
+        out, _ = p.communicate(timeout=30)
+        assert (p.returncode, out.strip()) == (0, "cleaned up"), name
 
 
 def test_ctrl_c_during_an_epochs_writes_counts_that_epoch_as_completed(make_cfg, data_env):
@@ -352,6 +380,53 @@ def test_a_full_disk_mid_run_is_exit_1_in_one_line_and_keeps_earlier_files(cli_s
     assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] >= 1
     assert json.loads((run / "meta.json").read_text())["seed"] == 0
     assert not [f.name for f in run.iterdir() if f.name.endswith(".tmp")]  # no half-written temp file left
+
+
+def test_a_disk_full_at_the_start_leaves_no_run_folder(cli_subprocess, tmp_path, mount_tmpfs):
+    disk = mount_tmpfs("size=64k")
+    if disk is None:
+        pytest.skip("mount is not permitted here")
+    (disk / "results" / "runs").mkdir(parents=True)
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:  # fill it up: every data block taken
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    r = cli_subprocess("run", *SMALL, f"results_dir={disk / 'results'}", "--quiet")
+    assert r.exit_code == 1, r.output
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and "results_dir" in lines[0] and "No space left" in lines[0], r.stderr
+    assert list((disk / "results" / "runs").iterdir()) == []  # no empty or half-written run folder
+
+
+def test_a_run_folder_deleted_mid_run_stops_the_run_in_one_line_and_is_not_made_again(start, results_dir):
+    import shutil
+
+    p = start("run", *LONG, f"results_dir={results_dir}")
+    wait_for(lambda: has(results_dir, "checkpoint.pt"), p)
+    run = only_run(results_dir)
+    shutil.rmtree(run)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    lines = error_lines(err)
+    assert len(lines) == 1 and "deleted" in lines[0] and run.name in lines[0], err
+    assert "Traceback" not in err
+    assert not run.exists(), "the deleted run folder was made again"
+
+
+def test_a_cache_folder_that_is_a_file_only_costs_speed(cli_subprocess, tmp_path, results_dir):
+    if not (SHARED_DATA / "fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST is not in the shared data folder")
+    cache = tmp_path / "not-a-folder"
+    cache.write_text("XDG_CACHE_HOME points here, at a file")
+    r = cli_subprocess("run", *SMALL, "dataset=fashion_mnist", "dataset.num_train=600", "dataset.num_test=100",
+                       f"results_dir={results_dir}", "--quiet", extra_env={"XDG_CACHE_HOME": str(cache)})
+    assert r.exit_code == 0, r.output
+    assert json.loads((only_run(results_dir) / "summary.json").read_text())["status"] == "ok"
+    assert cache.read_text().startswith("XDG_CACHE_HOME")
 
 
 # --- 5. report over damaged run folders ------------------------------------------------------------

@@ -106,6 +106,8 @@ def test_any_value_for_any_key_composes_or_is_one_line_naming_the_key(kv, data_e
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(o=junk)
+@example(o="=0")
+@example(o="model.dropout=???")
 def test_junk_overrides_compose_or_are_one_line_errors(o, data_env):
     try:
         compose(["trainer.device=cpu", o])
@@ -210,6 +212,10 @@ def test_an_empty_test_split_has_no_test_metrics_rather_than_zeros(cli, results_
     (["dataset=synthetic", "dataset.w=abc"], "dataset.w"),
     (["dataset=synthetic", "dataset.num_train=-5"], "dataset.num_train"),
     (["+trainer.epochz=5"], "trainer.epochz"),
+    (["model.dropout=???"], "model.dropout"),  # OmegaConf's MISSING: was a MissingMandatoryValue traceback
+    (["optimizer.lr=???"], "optimizer.lr"),
+    (["=0"], "'=0'"),  # an empty key: was Hydra's ValueError from deep in its defaults list
+    (["@=1"], "'@=1'"),
 ])
 def test_inputs_an_audit_found_are_one_line_errors_naming_the_key(cli, results_dir, overrides, key):
     r = cli("run", *SMALL, f"results_dir={results_dir}", *overrides)
@@ -349,3 +355,194 @@ def test_resume_refuses_a_saved_config_that_is_not_a_plain_dlexp_config(cli, sav
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
     assert not marker.exists()
     assert json.loads((saved_run / "summary.json").read_text())["status"] == "ok"  # the run is left as it was
+
+
+# --- round two: what a second outside audit broke -------------------------------------------------
+
+
+def one_error_line(r) -> str:
+    lines = [l for l in r.stderr.splitlines() if l.strip() and "Warning" not in l and not l.startswith(" ")]
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["run", "list", "sweep", "kfold"])
+@pytest.mark.parametrize("loop", ["the_folder", "a_group_file"])
+def test_a_config_dir_with_a_symlink_loop_is_one_line(cli, tmp_path, results_dir, command, loop):
+    if loop == "the_folder":
+        config_dir = tmp_path / "loop"
+        config_dir.symlink_to(config_dir)  # loop -> loop
+    else:
+        config_dir = tmp_path / "mine"
+        (config_dir / "model").mkdir(parents=True)
+        (config_dir / "model" / "x.yaml").symlink_to(config_dir / "model" / "x.yaml")
+    extra = {"run": [*SMALL], "list": [], "sweep": ["sweep=lr_wd", "--trials", "1", *SMALL], "kfold": ["--folds", "2", *SMALL]}
+    args = [command, *extra[command], "--config-dir", str(config_dir)]
+    if command != "list":
+        args.append(f"results_dir={results_dir}")
+    r = cli(*args)
+    assert r.exit_code == 2, r.output
+    assert "--config-dir" in one_error_line(r)
+    assert run_dirs(results_dir) == []
+
+
+def _bomb(levels: int = 9, width: int = 10) -> str:
+    """A YAML 'billion laughs': `levels` anchors, each a list of `width` aliases of the one before."""
+    lines = ["# an anchor bomb", "name: mlp", "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("where", ["model/bomb.yaml", "sweep/bomb.yaml", "deep/nested.yaml"])
+def test_a_yaml_anchor_bomb_or_a_deep_file_in_a_config_dir_is_refused_in_one_line(cli, tmp_path, results_dir, where):
+    config_dir = tmp_path / "mine"
+    path = config_dir / where
+    path.parent.mkdir(parents=True)
+    path.write_text(_bomb() if "bomb" in where else "# deep\nname: mlp\nx: " + "[" * 5000 + "]" * 5000 + "\n")
+    command = ["sweep", "sweep=bomb", "--trials", "1"] if where.startswith("sweep") else ["run", "model=bomb"]
+    r = cli(*command, *SMALL, f"results_dir={results_dir}", "--config-dir", str(config_dir))
+    assert r.exit_code == 2, r.output
+    line = one_error_line(r)
+    assert str(path) in line and ("aliases expand" in line or "deep" in line), line
+    assert run_dirs(results_dir) == []
+
+
+def test_a_target_in_a_config_dir_file_is_refused_at_composition(cli, tmp_path, results_dir):
+    config_dir = tmp_path / "mine"
+    (config_dir / "model").mkdir(parents=True)
+    shipped = yaml.safe_load((REPO / "conf" / "model" / "mlp.yaml").read_text())
+    (config_dir / "model" / "evil.yaml").write_text("# evil\n" + yaml.safe_dump({**shipped, "_target_": "os.system"}))
+    r = cli("run", *SMALL, "model=evil", f"results_dir={results_dir}", "--config-dir", str(config_dir))
+    assert r.exit_code == 2, r.output
+    assert "model._target_" in one_error_line(r) and "refused" in r.stderr
+    assert run_dirs(results_dir) == []
+
+
+@pytest.mark.parametrize("overrides", [["trainer.epochs=${oc.decode:\"1\"}"], ["trainer.epochs=${oc.decode:\"1\"},2"],
+                                       ["trainer.epochs='${oc.decode:\"1\"}'"]])
+def test_an_interpolation_override_survives_the_grid_expansion(overrides):
+    runs = expand(overrides, multirun=True)
+    assert compose(runs[0]).trainer.epochs == 1  # as `compose` alone gives: not re-escaped to $\{...\}
+
+
+@pytest.mark.parametrize("overrides, key, chosen, absent", [
+    (["optimizer=adam", "optimizer.momentum=0.9"], "optimizer.momentum", "betas", "momentum"),
+    (["model=lenet", "model.hidden=[10]"], "model.hidden", "activation", "hidden"),
+    (["experiment=d2l_lenet", "model.hidden=[10]"], "model.hidden", "activation", "hidden"),
+])
+def test_an_unknown_key_lists_the_keys_of_the_chosen_file(overrides, key, chosen, absent):
+    with pytest.raises(ConfigError) as e:
+        compose(overrides)
+    message = str(e.value)
+    listed = message.split(" has: ", 1)[1].split(", ")
+    assert message.startswith(f"{key}: unknown key") and chosen in listed and absent not in listed
+
+
+def test_a_grid_error_names_the_point_that_failed(cli, results_dir):
+    r = cli("run", "-m", *SMALL, f"results_dir={results_dir}", "optimizer=sgd,adam", "optimizer.momentum=0.9", "seed=1")
+    assert r.exit_code == 2, r.output
+    line = one_error_line(r)
+    assert "grid point 2 of 2 (optimizer=adam)" in line and "optimizer.momentum: unknown key" in line
+    assert run_dirs(results_dir) == []
+
+
+@pytest.mark.parametrize("key", ["optimizer.lr", "optimizer.weight_decay"])
+@pytest.mark.parametrize("impl", ["dlexp", "torch"])
+def test_a_number_beyond_float32_s_range_is_refused(cli, results_dir, key, impl):
+    r = cli("run", *SMALL, f"{key}=1e39", f"optimizer.impl={impl}", f"results_dir={results_dir}")
+    assert r.exit_code == 2, r.output
+    assert key in one_error_line(r) and "float32" in r.stderr
+    assert run_dirs(results_dir) == []
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("impl", ["dlexp", "torch"])
+def test_an_update_that_overflows_float32_is_divergence_not_a_crash(cli, results_dir, optimizer, impl):
+    # Adam's step size is lr / (1 - beta1^t): 1e38 / 0.1 overflows float32 in the first update
+    lr = "3e38" if optimizer == "sgd" else "1e38"
+    r = cli("run", *SMALL, f"optimizer={optimizer}", f"optimizer.impl={impl}", f"optimizer.lr={lr}",
+            f"results_dir={results_dir}", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    summary = json.loads((run_dirs(results_dir)[0] / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["reason"]
+
+
+def test_a_model_too_large_for_the_machine_is_refused_before_allocation_saying_how_much_it_needs(cli, results_dir):
+    r = cli("run", *SMALL, "model.hidden=[100000,100000]", f"results_dir={results_dir}")
+    assert r.exit_code == 2, r.output
+    line = one_error_line(r)
+    assert "GiB" in line and "available" in line and "model" in line
+    need = float(line.split("needs at least ")[1].split(" GiB")[0])
+    assert need > 74.5  # 10**10 float32 weights (37.3 GiB) and their gradients, at least
+    assert run_dirs(results_dir) == []
+
+
+@pytest.mark.slow
+def test_the_memory_check_honours_an_address_space_limit(tmp_path):
+    """ulimit -v (RLIMIT_AS) of 6 GiB in a real subprocess: a model of 2.9 GiB of weights (5.8 GiB with
+    its gradients) is refused in one line; one of 0.4 GiB trains."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    def run(hidden: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dlexp", "run", *SMALL, f"model.hidden={hidden}", "--quiet",
+                               f"results_dir={tmp_path / 'r'}"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, preexec_fn=limit, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+    big = run("[27000,27000]")  # 27000**2 * 4 B = 2.7 GiB of weights
+    assert big.returncode == 2, big.stderr
+    assert "available" in big.stderr and len(big.stderr.strip().splitlines()) == 1
+    small = run("[10000,10000]")  # 0.37 GiB
+    assert small.returncode == 0, small.stderr
+
+
+def test_a_csv_with_a_5_mb_header_is_echoed_cut(cli, tmp_path, results_dir):
+    csv = tmp_path / "wide.csv"
+    names = [f"column_{i:04d}_" + "x" * 2600 for i in range(2000)]  # a 5.2 MB header line
+    csv.write_text(",".join(names) + "\n" + ",".join("1" for _ in names) + "\n")
+    assert csv.stat().st_size > 5_000_000
+    r = cli("run", *SMALL, "dataset=csv", f"dataset.path={csv}", "dataset.target=label", "dataset.task=regression",
+            f"results_dir={results_dir}")
+    assert r.exit_code == 2, r.output
+    line = one_error_line(r)
+    assert len(r.stderr) < 1000 and "dataset.target" in line and "2,000 columns" in line
+
+
+def test_a_file_such_as_proc_self_environ_is_refused_without_echoing_it(cli, results_dir, monkeypatch):
+    monkeypatch.setenv("DLEXP_TEST_SECRET", "do-not-print-" + "s3cr3t" * 4)
+    r = cli("run", *SMALL, "dataset=csv", "dataset.path=/proc/self/environ", "dataset.target=label",
+            "dataset.task=classification", f"results_dir={results_dir}")
+    assert r.exit_code == 2, r.output
+    assert "NUL" in one_error_line(r)
+    assert "s3cr3t" not in r.output and "PATH=" not in r.output
+
+
+@pytest.mark.parametrize("value", ["\x1b[31m" + "9" * 9000, "[" + ",".join(["7"] * 4000) + "]]"])
+def test_any_error_line_is_cut_and_shows_control_characters_escaped(cli, results_dir, value):
+    r = cli("run", *SMALL, f"trainer.epochs={value}", f"results_dir={results_dir}")
+    assert r.exit_code == 2, r.output
+    line = one_error_line(r)
+    assert len(line) < 700 and "\x1b" not in r.stderr and "trainer.epochs" in line
+
+
+def test_a_huge_override_is_refused_before_the_parser_spends_minutes_on_it(cli, results_dir):
+    r = cli("run", "-m", *SMALL, "model.hidden=[" + ",".join(["1"] * 50_000) + "]", f"results_dir={results_dir}")
+    assert r.exit_code == 2, r.output
+    assert "model.hidden: an override of 100,014 characters" in one_error_line(r)
+
+
+@pytest.mark.parametrize("args", [["run", "name=.."], ["run", "name=.hidden"], ["sweep", "sweep=lr_wd", "--study", ".."],
+                                  ["sweep", "sweep=lr_wd", "--study", "../x"], ["kfold", "--folds", "2", "--study", ".."],
+                                  ["kfold", "--folds", "2", "--study", "a/../../b"]])
+def test_a_name_that_would_leave_its_folder_is_refused(cli, tmp_path, args):
+    results = tmp_path / "deep" / "results"
+    r = cli(*args, *SMALL, f"results_dir={results}")
+    assert r.exit_code == 2, r.output
+    assert ("--study" if "--study" in args else "name") in one_error_line(r)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing written, inside or outside

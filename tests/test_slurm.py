@@ -246,7 +246,7 @@ def test_a_job_array_two_runs_per_job_gives_the_metrics_of_the_same_runs_run_loc
     assert sorted(remote) == sorted(reference) == [0, 1, 2, 3]
     for seed in range(4):
         assert summary(remote[seed])["status"] == "ok"
-        assert json.loads((remote[seed] / "meta.json").read_text())["torch_threads"] == 1
+        assert json.loads((remote[seed] / "meta.json").read_text())["threads"] == 1
         assert metric_rows(remote[seed]) == metric_rows(reference[seed]), seed
 
 

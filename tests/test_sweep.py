@@ -188,13 +188,19 @@ def test_storage_conventions(tmp_path):
     (["sweep=lr_wd", "optimizer.lr=0.1"], "optimizer.lr: fixed on the command line (optimizer.lr=0.1) and searched by sweep=lr_wd"),
     (["sweep=lr_wd", "trainer.epochz=3"], "trainer.epochz: unknown key"),
     (["sweep=lr_wd", "--storage", "postgresql+psycopg://bob:hunter22@127.0.0.1:1/x"], "bob:***@127.0.0.1:1/x"),
+    (["sweep=lr_wd", "--storage", "sqlite://"], "--storage sqlite://: give a SQLite file"),
+    (["sweep=lr_wd", "--storage", "sqlite:///:memory:"], "give a SQLite file"),
+    (["sweep=lr_wd", "--storage", "sqlite:////dev/null/x.db"], "cannot make the folder of /dev/null/x.db"),
+    (["sweep=lr_wd", "--storage", "/dev/null/x.db"], "cannot make the folder of /dev/null/x.db"),
+    (["sweep=lr_wd", "--storage", "journal:/dev/null/x.log"], "cannot make the folder of /dev/null/x.log"),
+    (["sweep=lr_wd", "--storage", "postgresql+psycopg://bob:hun@ter22@127.0.0.1:1/x"], "bob:***@127.0.0.1:1/x: the password holds an unencoded '@'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path):
     res = invoke(*args, f"results_dir={tmp_path}", "--quiet")
     assert res.exit_code == 2, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], res.output
-    assert "hunter22" not in res.output
+    assert "hunter22" not in res.output and "ter22" not in res.output
     assert not [d for d in (tmp_path / "runs").glob("*") if d.is_dir()]
 
 
@@ -416,3 +422,167 @@ def test_probes_touch_every_bound_and_choice_with_when_conditions_met():
     assert {("optimizer", "sgd"), ("optimizer", "adam"), ("optimizer.momentum", 0.0), ("optimizer.momentum", 0.9),
             ("optimizer.lr", 1e-4), ("optimizer.lr", 1.0)} <= seen
     assert all("optimizer.momentum" not in v or v["optimizer"] == "sgd" for v in got)
+
+
+# --------------------------------------------------------------------------------------------------
+# round two: secrets, huge spaces, a storage that fills up, orphaned workers
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("postgresql+psycopg://alice:s3cret@db.example:5432/dlexp", "s3cret"),
+    ("postgresql+psycopg://alice:p@ss:w/rd@db.example/dlexp", "p@ss:w/rd"),  # unencoded: up to the last '@'
+    ("postgresql+psycopg://alice:p%40ss%2Fw@db.example/dlexp", "p%40ss%2Fw"),
+    ("postgresql+psycopg://db.example/dlexp?user=alice&password=hunter2x&sslmode=require", "hunter2x"),
+    ("mysql+pymysql://db.example/dlexp?passwd=hunter2x", "hunter2x"),
+    ("postgresql+psycopg://db.example/dlexp?sslpassword=hunter2x", "hunter2x"),
+    ("postgresql+psycopg://db.example/dlexp?PWD=hunter2x", "hunter2x"),
+    ("postgresql+psycopg://db.example/dlexp?token=hunter2x&x=1", "hunter2x"),
+    ("mssql+pyodbc://?odbc_connect=DRIVER%3D%7BODBC%7D%3BUID%3Dsa%3BPWD%3Dhunter2x%3B", "hunter2x"),
+])
+def test_every_form_of_a_secret_in_a_storage_url_is_masked(url, secret):
+    from urllib.parse import unquote
+
+    masked = sw.mask(url)
+    assert secret not in masked and "***" in masked and "db.example" in masked or "odbc" in url
+    # a driver's message that repeats the secret, raw or decoded, is masked where the URL is known
+    said = f"connection to {url} failed: password {unquote(secret)} rejected ({secret})"
+    assert secret not in sw.mask(said, url) and unquote(secret) not in sw.mask(said, url)
+
+
+def test_a_password_in_the_storage_url_is_neither_printed_nor_written_anywhere(tmp_path):
+    secret = "hunter2xyz"
+    url = f"sqlite:///{tmp_path / 'study.db'}?password={secret}"  # the sqlite driver ignores it, with a warning
+    proc = subprocess.run([sys.executable, "-m", "dlexp", "sweep", "sweep=lr_wd", *FAST, f"results_dir={tmp_path / 'r'}",
+                           "--trials", "2", "--storage", url, "--study", "masked"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert secret not in proc.stdout + proc.stderr
+    written = [p for p in (tmp_path / "r").rglob("*") if p.is_file()]
+    assert len(written) >= 10  # two run folders and the sweep outputs
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
+    meta = json.loads(next((tmp_path / "r" / "runs").glob("*/meta.json")).read_text())
+    assert "password=***" in " ".join(meta["command"]) and meta["sweep"]["storage"].endswith("password=***")
+
+
+def test_a_huge_categorical_or_grid_is_refused_at_once(tmp_path):
+    def space(name: str, body: str) -> str:
+        folder = tmp_path / name
+        (folder / "sweep").mkdir(parents=True)
+        (folder / "sweep" / f"{name}.yaml").write_text(f"# {name}\nparams:\n  seed: {body}\n")
+        return str(folder)
+
+    res = invoke("sweep=huge", *FAST, f"results_dir={tmp_path}", "--config-dir",
+                 space("huge", "[" + ",".join(map(str, range(10**6))) + "]"))
+    assert res.exit_code == 2 and "huge.yaml: larger than 1 MiB" in res.output, res.output  # 6.9 MB of YAML
+    res = invoke("sweep=many", *FAST, f"results_dir={tmp_path}", "--config-dir",
+                 space("many", "[" + ",".join(map(str, range(10**4))) + "]"))
+    assert res.exit_code == 2 and "10,000 choices, more than 1,000" in res.output, res.output
+    res = invoke("sweep=wide", *FAST, f"results_dir={tmp_path}", "--config-dir", space("wide", "{int: [0, 1000000000]}"),
+                 "--sampler", "grid")
+    assert res.exit_code == 2 and "more than 100,000 points" in res.output, res.output
+
+
+@pytest.mark.slow
+def test_a_storage_disk_that_fills_up_is_one_line_and_exit_1(tmp_path):
+    point = tmp_path / "disk"
+    point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(point)], capture_output=True).returncode:
+        pytest.skip("mount is not permitted here")
+    try:
+        args = ["sweep=lr_wd", "trainer.epochs=1", "trainer.batch_size=512", "model.hidden=[8]", f"results_dir={tmp_path / 'r'}",
+                "--storage", str(point / "s.db"), "--pruner", "none", "--sampler", "random"]
+        first = subprocess.run([sys.executable, "-m", "dlexp", "sweep", *args, "--trials", "1"], capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stderr
+        fd = os.open(point / "filler", os.O_WRONLY | os.O_CREAT)
+        try:  # the rest of the disk but 160 KiB: the study opens, then its writes run out of room
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            os.ftruncate(fd, os.fstat(fd).st_size - 160 * 1024)
+        finally:
+            os.close(fd)
+        full = subprocess.run([sys.executable, "-m", "dlexp", "sweep", *args, "--trials", "200", "--quiet"],
+                              capture_output=True, text=True, timeout=600)
+        assert full.returncode == 1, full.stdout + full.stderr
+        lines = [l for l in full.stderr.splitlines() if l.strip() and "Warning" not in l and not l.startswith(" ")]
+        assert len(lines) == 1 and "storage" in lines[0] and "full" in lines[0] and "Traceback" not in full.stderr, full.stderr
+        assert finished(study_trials(point / "s.db")) >= 1  # what was written stays
+    finally:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_the_workers_of_a_sweep_die_with_their_parent_even_after_kill_9(tmp_path):
+    args = ["sweep=lr_wd", "trainer.epochs=200", "trainer.batch_size=64", "model.hidden=[32]", f"results_dir={tmp_path}",
+            "--trials", "4", "--jobs", "2", "--pruner", "none", "--quiet"]
+    parent = subprocess.Popen([sys.executable, "-m", "dlexp", "sweep", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    runs = lambda: [d for d in (tmp_path / "runs").glob("*") if (d / "metrics.csv").exists()]
+    deadline = time.time() + 180
+    while len(runs()) < 2:
+        assert parent.poll() is None and time.time() < deadline, "two trials never started"
+        time.sleep(0.2)
+    # the pool's processes: two workers (and, with spawn, multiprocessing's resource tracker)
+    workers = [c for c in _children(parent.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(workers) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.communicate()
+    deadline = time.time() + 60
+    while any(Path(f"/proc/{w}").exists() and "spawn_main" in Path(f"/proc/{w}/cmdline").read_text(errors="ignore")
+              for w in workers):
+        if time.time() > deadline:
+            for w in workers:
+                os.kill(w, signal.SIGKILL)
+            pytest.fail("a worker outlived its parent by a minute")
+        time.sleep(0.2)
+    # their trials ended as interrupted, each run folder with a summary saying so
+    statuses = [json.loads((d / "summary.json").read_text())["status"] for d in runs() if (d / "summary.json").exists()]
+    assert statuses.count("interrupted") == 2
+
+
+
+def test_the_live_view_shows_each_running_trials_epoch_and_an_eta_from_the_finished_ones():
+    import datetime as dt
+
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from dlexp.cli.sweep import running_line, sweep_eta
+
+    study = optuna.create_study()
+    t0 = dt.datetime(2026, 1, 1, 12, 0, 0)
+    for i, seconds in enumerate([30, 50]):  # two finished trials: 40 s on average
+        done = create_trial(state=TrialState.COMPLETE, value=0.1 * i, params={"lr": 0.1}, distributions={
+            "lr": optuna.distributions.FloatDistribution(0.01, 1.0)})
+        done.datetime_start, done.datetime_complete = t0, t0 + dt.timedelta(seconds=seconds)
+        study.add_trial(done)
+    running = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 1.0)})
+    running.set_user_attr("planned", ["epoch", 20])
+    running.report(0.5, 1)
+    running.report(0.4, 3)
+    trials = study.get_trials(deepcopy=False)
+    line = running_line(next(t for t in trials if t.state == TrialState.RUNNING))
+    assert line.startswith("epoch 3/20") and "lr=" in line
+    # 5 left, one running at a time: 5 rounds of the 40 s mean
+    assert sweep_eta(trials, 5) == "about 3 min"  # 200 s
+    assert sweep_eta(trials, 1) == "about 40 s"
+    assert sweep_eta(trials, 0) is None
+    folds = study.ask()
+    folds.set_user_attr("planned", ["fold", 5])
+    folds.report(0.3, 0)
+    folds.report(0.3, 1)  # folds are reported from 0: two of five done
+    assert running_line(study.get_trials(deepcopy=False)[-1]).startswith("fold 2/5")
+    # two running at once: ceil(5 / 2) = 3 rounds of 40 s
+    assert sweep_eta(study.get_trials(deepcopy=False), 5) == "about 2 min"

@@ -63,12 +63,6 @@ app.command("check-optimizers")(check_optimizers)
 app.command("status")(status)
 
 
-def _terminate(signum, frame) -> None:
-    # SIGTERM (`kill PID`, a batch scheduler's time limit) ends a run as Ctrl-C does: the run is
-    # marked interrupted with its finished epochs kept, a grid or sweep stops cleanly, exit 130
-    raise KeyboardInterrupt
-
-
 # OpenMP's wait policy for dlexp's processes (benchmarks/omp_wait_policy.py measured it; README "Threads"):
 # PASSIVE threads sleep when out of work instead of spinning, which on a shared or busy machine keeps
 # torch's second thread from burning the core that the first one needs
@@ -77,12 +71,16 @@ OMP_WAIT_POLICY = "PASSIVE"
 
 def main() -> None:
     import os
-    import signal
     import sys
+
+    from dlexp.signals import interrupt_on_stop_signals
 
     if "torch" not in sys.modules:  # OpenMP reads it once, when torch loads it; a value the user set wins
         os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM, SIGHUP, SIGUSR1, ... (`kill PID`, a closed terminal, a batch scheduler's time limit) end
+    # a run as Ctrl-C does: the run is marked interrupted with its finished epochs kept, a grid or
+    # sweep stops cleanly, exit 130
+    interrupt_on_stop_signals()
     sys.exit(invoke())
 
 
@@ -107,7 +105,9 @@ def invoke(argv: list[str] | None = None, prog_name: str | None = None) -> int:
             print(ctx.get_help())
             return 0
         where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-        message = " ".join(e.format_message().split())
-        print(f"error: {message}{where}", file=sys.stderr)
+        from dlexp.errors import one_line
+        from dlexp.masking import mask
+
+        print(f"error: {one_line(mask(e.format_message()))}{where}", file=sys.stderr)
         return e.exit_code
     return code if isinstance(code, int) else 0

@@ -14,13 +14,19 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print `error: message` on one line to stderr; return the Exit to raise."""
+def fail(message: str, code: int = 2, details=()) -> typer.Exit:
+    """Print `error: message` on one line to stderr (secrets masked, cut to a readable length), and
+    `details` as indented lines below it; return the Exit to raise."""
     from rich.markup import escape
 
+    from dlexp.errors import one_line
+    from dlexp.masking import mask
+
     # the message may quote user input ("[red]x=1"): escaped, so rich shows it as typed
-    message = " ".join(message.split("\n"))  # one line, even when a library's message has several
+    message = one_line(mask(message))  # one line, even when a library's message has several
     err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
+    for line in details:
+        err.print(f"  {escape(one_line(mask(line)))}", markup=True, highlight=False)
     return typer.Exit(code)
 
 
@@ -36,7 +42,7 @@ def user_errors(debug: bool) -> Iterator[None]:
     except ConfigError as e:
         if debug:
             raise
-        raise fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        raise fail(str(e).splitlines()[0] if str(e).strip() else type(e).__name__, details=getattr(e, "details", ())) from None
     except ResultsWriteError as e:  # a write failed mid-run (full disk): exit 1, not a traceback
         if debug:
             raise

@@ -49,8 +49,6 @@ def kfold(
 
     Example: dlexp kfold --folds 5 dataset=house_prices model=linear optimizer=adam optimizer.lr=5 trainer.epochs=100
     """
-    import re
-
     from dlexp import config
     from dlexp.errors import ConfigError
 
@@ -71,11 +69,10 @@ def kfold(
             raise ConfigError(f"--seed: must be in [0, 2**32), got {seed}")
         if at not in ("final", "best"):
             raise ConfigError(f"--at: expected final or best, got {at!r}")
-        if study is not None and not re.match(r"^[A-Za-z0-9_.-]{1,80}$", study):
-            raise ConfigError(f"--study: use letters, digits, '.', '_' or '-', got {study!r}")
+        if study is not None:
+            config.check_name(study, "--study", 80)  # it names a folder under results/kfold/
         grid = config.expand(list(overrides or []), multirun, config_dir)
-        composer = config.GridComposer(config_dir)
-        cfgs = [composer(o) for o in grid]
+        cfgs = config.compose_grid(grid, config_dir)
         datasets = {config.to_yaml(c.dataset) for c in cfgs}
         if len(datasets) > 1:
             raise ConfigError("dataset: every candidate must use the same data set, since the folds are shared")
@@ -94,8 +91,11 @@ def kfold(
         from dlexp.train import check_buildable
 
         first = fold_splits(source, fold_list[0])
-        for c in cfgs:
-            check_buildable(c, first)
+        for i, c in enumerate(cfgs):
+            try:
+                check_buildable(c, first)
+            except ConfigError as e:
+                raise config.point_error(grid, i, e) from None
         results_dir = cfgs[0].results_dir
         from dlexp.results import check_writable
 
@@ -150,6 +150,7 @@ def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs
     from dlexp import study as st
     from dlexp.cli.progress import StudyDisplay
     from dlexp.kfold import score_of
+    from dlexp.report.tables import to_csv  # spreadsheet-safe: candidate labels carry the user's values
     from dlexp.results import atomic_write, write_json
 
     labels = _labels(grid)
@@ -179,7 +180,7 @@ def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs
         rows[o.index] = dict(candidate=p.columns["candidate"], label=labels[p.columns["candidate"]], repeat=p.columns["repeat"],
                              fold=p.columns["fold"], run_id=o.run_id, status=s.get("status"), score=score_of(s, metric, at),
                              train_score=score_of(s, train_metric, "final"), duration_s=float(s.get("duration_s") or 0.0))
-        atomic_write(study_dir / "folds.csv", pd.DataFrame([rows[i] for i in sorted(rows)]).to_csv(index=False))
+        atomic_write(study_dir / "folds.csv", to_csv(pd.DataFrame([rows[i] for i in sorted(rows)])))
 
     for p in points:
         if p.action == "done":
@@ -206,7 +207,7 @@ def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs
     folds_df = pd.DataFrame([rows[i] for i in sorted(rows)])
     if len(folds_df):
         folds_df = folds_df.sort_values(["candidate", "repeat", "fold"]).reset_index(drop=True)
-        atomic_write(study_dir / "folds.csv", folds_df.to_csv(index=False))
+        atomic_write(study_dir / "folds.csv", to_csv(folds_df))
     n_val = int(sum(len(f.val_idx) for f in fold_list) / len(fold_list))
     n_train = len(source) - n_val
     ranking, best = _rank(folds_df, labels, direction, n_train, n_val) if len(folds_df) else (pd.DataFrame(), None)
@@ -218,7 +219,7 @@ def _run_study(grid, cfgs, source, fold_list, metric, direction, at, refit, jobs
         "fold_indices": [{"repeat": f.repeat, "fold": f.index, "val_idx": f.val_idx.tolist()} for f in fold_list],
     }
     if len(ranking):
-        atomic_write(study_dir / "summary.csv", ranking.to_csv(index=False))
+        atomic_write(study_dir / "summary.csv", to_csv(ranking))
     detached = getattr(executor, "detached", False)  # --no-wait: the jobs run on; study.json says how many points
     if detached:
         write_json(study_dir / "study.json", summary)

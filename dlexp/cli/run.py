@@ -90,7 +90,7 @@ def run(
 
 def _compose_all(grid: list[list[str]], config_dir: Optional[str], quiet: bool) -> list:
     """Every point's config, one Hydra composition per distinct set of group choices (GridComposer);
-    a long grid shows how far it got."""
+    an error names the point; a long grid shows how far it got."""
     import time
 
     from dlexp import config
@@ -103,7 +103,7 @@ def _compose_all(grid: list[list[str]], config_dir: Optional[str], quiet: bool) 
         try:
             cfgs.append(composer(o))
         except config.ConfigError as e:
-            raise config.ConfigError(f"{e} (grid point {i + 1} of {len(grid)}: {' '.join(o)})") from None
+            raise config.point_error(grid, i, e) from None
         now = time.perf_counter() - t0
         if not quiet and len(grid) >= 500 and now - shown >= 2.0:  # a long grid says how far it got
             shown = now
@@ -111,7 +111,7 @@ def _compose_all(grid: list[list[str]], config_dir: Optional[str], quiet: bool) 
     return cfgs
 
 
-def _preflight(cfgs) -> None:
+def _preflight(cfgs, grid, indices) -> None:
     """Every grid point's data, model, optimizer and schedule built before the first run (each data
     set loaded once, each config that differs in more than its seed built once): a bad point is exit
     2 with nothing trained, with or without --jobs."""
@@ -122,7 +122,7 @@ def _preflight(cfgs) -> None:
 
     splits: dict[str, object] = {}
     built: set[str] = set()
-    for c in cfgs:
+    for i, c in zip(indices, cfgs):
         from omegaconf import OmegaConf
 
         shape = identity(OmegaConf.masked_copy(c, [k for k in c.keys() if k != "seed"]))
@@ -130,9 +130,12 @@ def _preflight(cfgs) -> None:
             continue
         built.add(shape)
         key = config.to_yaml(c.dataset)
-        if key not in splits:
-            splits[key] = load_splits(c.dataset)
-        check_buildable(c, splits[key])
+        try:
+            if key not in splits:
+                splits[key] = load_splits(c.dataset)
+            check_buildable(c, splits[key])
+        except config.ConfigError as e:
+            raise config.point_error(grid, i, e) from None
 
 
 def _resume(resume: str, overrides: list[str], quiet: bool) -> int:
@@ -141,7 +144,7 @@ def _resume(resume: str, overrides: list[str], quiet: bool) -> int:
 
     from dlexp import config
     from dlexp.data import load_splits
-    from dlexp.runner import execute, load_checkpoint
+    from dlexp.runner import check_resume, execute, finished_summary
 
     extra = [o for o in overrides if not o.startswith("results_dir=")]
     if extra:
@@ -151,21 +154,20 @@ def _resume(resume: str, overrides: list[str], quiet: bool) -> int:
     if not (run_dir / "config.yaml").is_file():
         raise config.ConfigError(f"--resume: no run {resume!r} under {Path(results_dir) / 'runs'}")
     cfg = config.load_run_config(run_dir / "config.yaml")
-    from dlexp.study import DONE, read_summary
-
     group = _check_resumable(run_dir)
     if group is not None:
         return _resume_group(run_dir, group, quiet)
-    finished = (read_summary(run_dir) or {}).get("status") in DONE  # with checkpoint_every > 1 the last checkpoint is older
-    done = load_checkpoint(run_dir)["epoch"]
-    if finished or (done >= int(cfg.trainer.epochs) and (run_dir / "summary.json").is_file()):
-        out.print(f"run {run_dir.name} already finished its {cfg.trainer.epochs} epochs; nothing to resume", markup=False)
+    ended = finished_summary(run_dir)  # a result is never made worse by a resume
+    if ended is not None:
+        out.print(f"run {run_dir.name} already finished ({ended['status']} after {ended.get('epochs_completed')} of "
+                  f"{cfg.trainer.epochs} epochs); nothing to resume", markup=False)
         return 0
-    err.print(f"resuming {run_dir.name} after epoch {done} of {cfg.trainer.epochs}", markup=False)
     from dlexp.study import set_threads
 
     set_threads(cfg)
     splits = load_splits(cfg.dataset)
+    done = check_resume(cfg, splits, run_dir)["epoch"]  # checkpoint, config and data belong together
+    err.print(f"resuming {run_dir.name} after epoch {done} of {cfg.trainer.epochs}", markup=False)
     bar = progress_bar(quiet)
     try:
         if bar is not None:
@@ -328,7 +330,7 @@ def _grid(grid: list[list[str]], cfgs: list, jobs: int, quiet: bool, fresh: bool
         study.record_grid(d, grid_id, [p for p in points if p.cfg.results_dir == d], _command())
     todo = study.pending(points)
     if todo:
-        _preflight([p.cfg for p in todo])
+        _preflight([p.cfg for p in todo], grid, [p.index for p in todo])
     outcomes: dict[int, study.Outcome] = {p.index: study.load_outcome(p.cfg.results_dir, p) for p in points if p.action == "done"}
     display = StudyDisplay(f"grid {grid_id}", {p.index: p.label for p in todo}, {p.index: int(p.cfg.trainer.epochs) for p in todo},
                            quiet or no_wait, on_finish=lambda o: outcomes.__setitem__(o.index, o))

@@ -113,8 +113,8 @@ def _plan(overrides: list[str], **o) -> dict[str, Any]:
         raise ConfigError(f"--pruner wilcoxon: needs --cv 5 or more to ever prune (got --cv {o['cv']}); use median")
     if o["direction"] is not None and o["direction"] not in ("maximize", "minimize"):
         raise ConfigError(f"--direction: expected maximize or minimize, got {o['direction']!r}")
-    if o["study"] is not None and not sw.STUDY_NAME.match(o["study"]):
-        raise ConfigError(f"--study: use 1-100 letters, digits, '.', '_' or '-', got {o['study']!r}")
+    if o["study"] is not None:
+        config.check_name(o["study"], "--study", 100)  # it names files under results/sweeps/
     if o["workers"] < 1:
         raise ConfigError(f"--workers: must be >= 1, got {o['workers']}")
     if o["vectorize"] < 1:
@@ -233,7 +233,13 @@ def _quiet_optuna(debug: bool) -> None:
 
 
 def _process_worker(plan: dict[str, Any], worker: int, existing: int, threads: int, deadline: float | None) -> str:
-    """One --jobs worker in its own process: its own storage connection, data loaded once."""
+    """One --jobs worker in its own process: its own storage connection, data loaded once. It dies
+    with the parent (kill -9 of `dlexp sweep` included): its trial ends as interrupted, then it exits."""
+    from dlexp.lifeline import die_with_parent
+    from dlexp.signals import interrupt_on_stop_signals
+
+    die_with_parent()
+    interrupt_on_stop_signals()  # after die_with_parent, whose SIGTERM handler this replaces (a repeat is ignored)
     import torch
 
     torch.set_num_threads(threads)
@@ -245,10 +251,12 @@ def _process_worker(plan: dict[str, Any], worker: int, existing: int, threads: i
         return "interrupted"
 
 
-def _work(study, plan, deadline, on_trial=None, on_wait=None) -> str:
+def _work(study, plan, deadline, on_trial=None, on_wait=None, on_progress=None) -> str:
     from dlexp import sweep as sw
 
-    return sw.work(study, _objective(plan), plan["trials"], deadline=deadline, on_trial=on_trial, on_wait=on_wait,
+    objective = _objective(plan)
+    objective.on_progress = on_progress
+    return sw.work(study, objective, plan["trials"], deadline=deadline, on_trial=on_trial, on_wait=on_wait,
                    vectorize=plan.get("vectorize", 1))
 
 
@@ -268,6 +276,7 @@ def _execute(plan: dict[str, Any], quiet: bool) -> int:
     display = _Display(plan, quiet)
     reasons: list[str] = []
     interrupted = False
+    broken = None  # the storage failed (a full disk): one line, exit 1, after what can still be written
     display.start(study)
     try:
         if plan["slurm"] is not None:
@@ -279,13 +288,21 @@ def _execute(plan: dict[str, Any], quiet: bool) -> int:
         elif plan["jobs"] == 1:
             study = _open_study(plan, _worker_seed(plan["seed"], plan["worker_index"], existing))
             reasons.append(_work(study, plan, deadline, on_trial=lambda t: display.trial(study, t),
-                                 on_wait=lambda c: display.update(study, waiting=True)))
+                                 on_wait=lambda c: display.update(study, waiting=True), on_progress=lambda: display.progress(study)))
         else:
             reasons += _parallel(plan, study, existing, deadline, display)
     except KeyboardInterrupt:
         interrupted = True
+    except sw.StorageError as e:
+        broken = e
     finally:
-        display.stop(study)
+        try:
+            display.stop(study)
+        except Exception:
+            if broken is None:
+                raise
+    if broken is not None:
+        raise fail(f"--storage {sw.mask(plan['target'], plan['target'])}: {broken}", code=1)
     written = sw.write_outputs(study, plan["space"], Path(plan["results_dir"]) / "sweeps", metric=plan["metric"],
                                direction=plan["direction"], config_dir=plan["config_dir"])
     _print_end(study, plan, written, reasons)
@@ -358,6 +375,7 @@ class _Display:
         self.plan, self.quiet = plan, quiet
         self.live = None
         self.seen: set[int] = set()
+        self.shown = 0.0  # when the live view was last redrawn (time.monotonic)
 
     def start(self, study) -> None:
         if self.quiet:
@@ -388,11 +406,17 @@ class _Display:
 
     def update(self, study, waiting: bool = False) -> None:
         if self.live is not None:
+            self.shown = time.monotonic()
             self.live.update(self._render(study, waiting), refresh=True)
         elif not self.quiet:
             for t in study.get_trials(deepcopy=False):
                 if t.state.is_finished() and t.number not in self.seen:
                     self.trial(study, t)
+
+    def progress(self, study) -> None:
+        """A running trial here reported an epoch: the live view shows it (at most twice a second)."""
+        if self.live is not None and time.monotonic() - self.shown >= 0.5:
+            self.update(study)
 
     def stop(self, study) -> None:
         if self.live is not None:
@@ -416,11 +440,42 @@ class _Display:
         table = Table(title=f"sweep {self.plan['space'].name}: study {self.plan['study']}", show_header=False)
         table.add_row("trials", f"{finished} of {self.plan['trials']} finished" + (" (waiting for running trials)" if waiting else ""))
         table.add_row("states", ", ".join(f"{k.lower()} {v}" for k, v in c.items() if v))
+        trials = study.get_trials(deepcopy=False)
+        for t in trials:
+            if t.state.name == "RUNNING":
+                table.add_row(f"trial {t.number}", running_line(t))
+        eta = sweep_eta(trials, self.plan["trials"] - finished)
+        if eta is not None:
+            table.add_row("ETA", eta)
         best = sw.best_trial(study)
         if best is not None:
             table.add_row(f"best {self.plan['metric']}", f"{best.value:.4g} (trial {best.number})")
             table.add_row("best params", " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
         return table
+
+
+def running_line(trial) -> str:
+    """`epoch 3/20` (or `fold 2/5` with --cv) of a running trial, from what it reported to the study,
+    which every worker writes: the same line whether the trial runs here, in a --jobs worker or a Slurm job."""
+    unit, total = (trial.user_attrs.get("planned") or ["epoch", None])[:2]
+    steps = trial.intermediate_values
+    done = (max(steps) + (1 if unit == "fold" else 0)) if steps else 0  # epochs count from 1, folds from 0
+    params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+    return f"{unit} {done}/{total if total is not None else '?'}" + (f"  {params}" if params else "")
+
+
+def sweep_eta(trials, left: int) -> str | None:
+    """Time to finish `left` more trials: the mean wall time of the finished ones, times the rounds
+    of as many trials at once as are running now (at least one); None before a trial has finished."""
+    import math
+
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+             if t.state.is_finished() and t.datetime_start is not None and t.datetime_complete is not None]
+    if not spans or left <= 0:
+        return None
+    at_once = max(1, sum(1 for t in trials if t.state.name == "RUNNING"))
+    seconds = sum(spans) / len(spans) * math.ceil(left / at_once)
+    return f"about {seconds / 60:.0f} min" if seconds >= 90 else f"about {seconds:.0f} s"
 
 
 def _fmt(v: Any) -> str:

@@ -8,13 +8,14 @@ Data flows one way: loader -> Source -> make_splits -> Splits -> train loop.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from dlexp.errors import ConfigError
+from dlexp.errors import ConfigError, echo
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -46,6 +47,10 @@ class Source:
     extra: dict = field(default_factory=dict)
     # loss(output, target) -> scalar of a data set that brings its own (an objective's f); None: the task's
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # what identifies the content (the checksums of the files it was read from); None: load_source
+    # hashes the arrays themselves. `--resume` compares it with the one recorded at the run's start.
+    fingerprint: str | None = None
+    finite: bool = False  # the loader guarantees finite values (images decoded from uint8): no check needed
 
     def __len__(self) -> int:
         return len(self.y)
@@ -63,6 +68,7 @@ class Splits:
     test: tuple[torch.Tensor, torch.Tensor] | None
     positive_target: bool = False
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # see Source.loss
+    fingerprint: str | None = None  # the source's and the rows chosen for train and val (see make_splits)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -127,7 +133,58 @@ def make_splits(source: Source, train_idx: np.ndarray, val_idx: np.ndarray | Non
         test=test,
         positive_target=source.positive_target,
         loss=source.loss,
+        fingerprint=_digest(source.fingerprint or "", np.asarray(train_idx, dtype=np.int64).tobytes(),
+                            np.asarray(val_idx if val_idx is not None else [], dtype=np.int64).tobytes()),
     )
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+        h.update(b"\0")
+    return "sha1:" + h.hexdigest()
+
+
+def content_digest(*arrays: Any) -> str:
+    """SHA-1 of tensors and DataFrames, for a source whose loader read no checksummed files."""
+    import pandas as pd
+
+    parts = []
+    for a in arrays:
+        if a is None:
+            parts.append(b"none")
+        elif isinstance(a, pd.DataFrame):
+            parts += [str(list(a.columns)).encode(), pd.util.hash_pandas_object(a, index=False).to_numpy().tobytes()]
+        else:
+            t = torch.as_tensor(a).contiguous()
+            parts += [f"{t.dtype}{tuple(t.shape)}".encode(), t.numpy().tobytes()]
+    return _digest(*parts)
+
+
+def check_finite(source: Source) -> None:
+    """Refuse a data set with inf or NaN in a tensor, or inf in a numeric column, naming where: it
+    would train to a NaN loss, or end `ok` with an infinite one. (In a DataFrame a NaN is a missing
+    value, which the features fill; in a target it is refused by the loader.)"""
+    import pandas as pd
+
+    for split, values in (("training", source.x), ("training target", source.y), ("test", source.x_test),
+                          ("test target", source.y_test)):
+        if isinstance(values, torch.Tensor) and values.is_floating_point():
+            if torch.isfinite(values.sum()):  # fast path: no inf or NaN in the sum, none in the values
+                continue
+            bad = ~torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+            if bad.any():
+                row = int(bad.nonzero()[0])
+                raise ConfigError(f"dataset ({source.name}): {split} row {row + 1} holds a non-finite value; refused")
+        elif isinstance(values, pd.DataFrame):
+            for c in values.columns:
+                if pd.api.types.is_numeric_dtype(values[c]) and not pd.api.types.is_bool_dtype(values[c]):
+                    column = values[c].to_numpy(dtype="float64", na_value=np.nan)
+                    if np.isinf(column).any():
+                        row = int(np.flatnonzero(np.isinf(column))[0])
+                        raise ConfigError(f"dataset ({source.name}): column {echo(c)}, {split} row {row + 1} is "
+                                          f"{column[row]}; non-finite values are refused")
 
 
 def stratified_holdout(labels: np.ndarray | None, fraction: float, seed: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +239,12 @@ def load_source(dataset_cfg: Any) -> Source:
     name = dataset_cfg.name
     if name not in DATASETS:
         raise ConfigError(f"dataset.name: unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](dataset_cfg)
+    source = DATASETS[name](dataset_cfg)
+    if not source.finite:
+        check_finite(source)
+    if source.fingerprint is None:
+        source.fingerprint = content_digest(source.x, source.y, source.x_test, source.y_test)
+    return source
 
 
 def load_splits(dataset_cfg: Any) -> Splits:

@@ -41,15 +41,18 @@ def cached_arrays(path: Path, build: Callable[[], dict[str, np.ndarray]]) -> dic
 
     The caller puts a content key into the file name (e.g. the raw files' checksums), so a stale
     cache is never read: new raw files give a new name. An unreadable cache file is rebuilt; a cache
-    folder that cannot be written only costs the speed-up.
+    folder that cannot be written (read-only, or $XDG_CACHE_HOME a file) only costs the speed-up.
     """
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not built yet, or a cache "folder" that is a file
         pass
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # truncated or foreign file: rebuild it
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
     arrays = build()
     try:
         atomic_write(path, lambda tmp: _save_npz(tmp, arrays))

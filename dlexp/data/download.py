@@ -81,7 +81,9 @@ class RemoteFile:
 
 
 def _say(msg: str) -> None:
-    print(f"dlexp: {msg}", file=sys.stderr)
+    from dlexp.masking import mask
+
+    print(f"dlexp: {mask(msg)}", file=sys.stderr)  # a DLEXP_MIRRORS URL may carry a token
 
 
 def search_dirs(folder: str, root: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
@@ -148,7 +150,7 @@ def fetch(folder: str, files: Sequence[RemoteFile], root: str | os.PathLike | No
     offline = os.environ.get("DLEXP_OFFLINE", "") not in ("", "0")
     for f in missing:
         if offline:
-            failures[f.name] = [f"{u} (not tried: DLEXP_OFFLINE is set)" for u in mirror_urls(folder, f.name)]
+            failures[f.name] = [f"{u}: not tried (DLEXP_OFFLINE is set)" for u in mirror_urls(folder, f.name)]
             continue
         path, errors = download(f, mirror_urls(folder, f.name), cache_dir(folder))
         if path is not None:
@@ -156,25 +158,31 @@ def fetch(folder: str, files: Sequence[RemoteFile], root: str | os.PathLike | No
         else:
             failures[f.name] = errors
     if failures:
-        raise DataNotFoundError(_not_found_message(folder, [f for f in missing if f.name in failures], failures, root))
+        files = [f for f in missing if f.name in failures]
+        raise DataNotFoundError(_not_found_message(folder, files, offline), _not_found_details(folder, files, failures, root))
     return found
 
 
-def _not_found_message(folder: str, files: list[RemoteFile], failures: dict[str, list[str]], root) -> str:
-    """One line (the CLI prints the first line of an error only): files, checksums, URLs, folders."""
-    missing = "; ".join(
-        f"{f.name} ({f.size} bytes, {f.algo} {f.digest}; tried: {', '.join(failures[f.name]) or 'no mirror'})"
-        for f in files
-    )
-    looked = ", ".join(f"{label} {d}" for label, d in search_dirs(folder, root))
+def _not_found_message(folder: str, files: list[RemoteFile], offline: bool) -> str:
+    """The one error line: which data set, how many files, what to do. The details follow as a list."""
+    why = "DLEXP_OFFLINE is set" if offline else "no mirror delivered them"
+    return (f"data set {folder!r}: {len(files)} file(s) not found and not downloadable ({why}); put them in "
+            f"{cache_dir(folder)}, or set dataset.root=<folder with the files> or DLEXP_DATA=<folder holding {folder}/>")
+
+
+def _not_found_details(folder: str, files: list[RemoteFile], failures: dict[str, list[str]], root) -> list[str]:
+    """The lines under the error: each file with its size and checksum and the URLs tried, the folders
+    looked in, and the plain-HTTP mirrors that were not tried."""
+    lines = []
+    for f in files:
+        lines.append(f"{f.name}: {f.size} bytes, {f.algo} {f.digest}")
+        lines += [f"  {attempt}" for attempt in failures[f.name]] or ["  no mirror to try"]
+    lines.append("looked in: " + ", ".join(f"{label} {d}" for label, d in search_dirs(folder, root)))
     http_only = [] if os.environ.get("DLEXP_MIRRORS") or http_allowed() else [
         b for b in MIRRORS.get(folder, []) if not b.startswith("https://")]
-    also = f" Plain-HTTP mirrors not tried ({', '.join(http_only)}): set DLEXP_ALLOW_HTTP=1 to use them." if http_only else ""
-    return (
-        f"data set files for {folder!r} not found and not downloadable: {missing}.{also} Looked in: {looked}. "
-        f"Download them by hand into {cache_dir(folder)} (or set dataset.root=<folder with the files>, "
-        f"or DLEXP_DATA=<folder holding {folder}/>)."
-    )
+    if http_only:
+        lines.append(f"plain-HTTP mirrors not tried ({', '.join(http_only)}): set DLEXP_ALLOW_HTTP=1 to use them")
+    return lines
 
 
 def download(f: RemoteFile, urls: Sequence[str], dest_dir: Path) -> tuple[Path | None, list[str]]:
@@ -182,7 +190,13 @@ def download(f: RemoteFile, urls: Sequence[str], dest_dir: Path) -> tuple[Path |
 
     Returns (path, []) or (None, one error line per URL tried).
     """
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        # the cache cannot hold it ($XDG_CACHE_HOME a file, a read-only home): this process downloads
+        # into a temporary folder instead, and the next one downloads again
+        dest_dir = _scratch_dir()
+        _say(f"cache folder unusable ({e.strerror or e}); downloading into {dest_dir} for this run only")
     dest = dest_dir / f.name
     part = dest_dir / (f.name + ".part")
     errors: list[str] = []
@@ -210,6 +224,21 @@ def download(f: RemoteFile, urls: Sequence[str], dest_dir: Path) -> tuple[Path |
         errors.append(error or f"{url}: failed")
         _say(f"download failed: {errors[-1]}")
     return None, errors
+
+
+_SCRATCH: list[Path] = []
+
+
+def _scratch_dir() -> Path:
+    """A temporary download folder for this process, removed at exit."""
+    if not _SCRATCH:
+        import atexit
+        import shutil
+        import tempfile
+
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="dlexp-download-")))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return _SCRATCH[0]
 
 
 def _transfer(url: str, part: Path, size: int) -> None:

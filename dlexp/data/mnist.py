@@ -95,6 +95,9 @@ def _source(cfg, name: str, folder: str) -> Source:
         x=_images(arrays["train_images"], n_train), y=_labels(arrays["train_labels"], n_train),
         x_test=_images(arrays["test_images"], n_test), y_test=_labels(arrays["test_labels"], n_test),
         num_outputs=10, extra={"classes": CLASSES[folder]},
+        # the files are verified against these checksums on every load
+        fingerprint=f"{folder}:" + ",".join(f.digest for f in FILES[folder]) + f":{n_train}:{n_test}",
+        finite=True,  # uint8 / 255
     )
 
 

@@ -9,6 +9,9 @@ validation and test rows: a category never seen in training is encoded as all ze
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,12 @@ import pandas as pd
 import torch
 
 from dlexp.data import CLASSIFICATION, REGRESSION, Source, register
-from dlexp.errors import ConfigError
+from dlexp.errors import ConfigError, echo, echo_list
+
+# One-hot encoding makes one column per category: a column of 30,000 distinct ids would make a
+# 30,000-wide matrix (4 GB for 30,000 rows). Past this many categories a column is refused, with the
+# way out named (drop it, or raise dataset.max_categories for a real categorical of that size).
+MAX_CATEGORIES = 1000
 
 
 class TabularFeatures:
@@ -33,7 +41,7 @@ class TabularFeatures:
         ]
 
     @classmethod
-    def fit(cls, df: pd.DataFrame) -> "TabularFeatures":
+    def fit(cls, df: pd.DataFrame, max_categories: int = MAX_CATEGORIES) -> "TabularFeatures":
         numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
         values = df[numeric].astype("float64")
         mean = values.mean().fillna(0.0)
@@ -44,6 +52,11 @@ class TabularFeatures:
             if c in numeric:
                 continue
             seen = pd.unique(df[c].dropna())
+            if len(seen) > max_categories:
+                raise ConfigError(
+                    f"dataset: column {echo(c)} has {len(seen):,} distinct values in the training rows, more than "
+                    f"dataset.max_categories={max_categories} (one-hot would add a feature per value); drop it "
+                    f"(dataset.drop=[{c}]) if it is an id, or raise dataset.max_categories")
             try:
                 categories[c] = sorted(seen)
             except TypeError:  # mixed types in one column
@@ -53,7 +66,7 @@ class TabularFeatures:
     def __call__(self, df: pd.DataFrame) -> torch.Tensor:
         missing = [c for c in [*self.numeric, *self.categories] if c not in df.columns]
         if missing:
-            raise ConfigError(f"dataset: rows lack the training columns {missing}")
+            raise ConfigError(f"dataset: rows lack the training columns {echo_list(missing)}")
         n = len(df)
         num = df[self.numeric].apply(pd.to_numeric, errors="coerce").astype("float64")
         num = ((num - self.mean) / self.std).fillna(0.0)
@@ -69,29 +82,65 @@ class TabularFeatures:
         return torch.from_numpy(np.concatenate(blocks, axis=1))
 
 
-def read_csv(path, key: str) -> pd.DataFrame:
+def read_csv(path, key: str, digests: list[str] | None = None) -> pd.DataFrame:
+    """A CSV file of user data; its SHA-1 is appended to `digests`. A file that is not a regular text
+    file (a device, /proc/self/environ with its NUL bytes) is refused without echoing its content."""
     p = Path(str(path)).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"{key}: no such file: {p}")
+    if not p.is_file():
+        raise ConfigError(f"{key}: {p} is not a regular file")
     try:
-        return pd.read_csv(p)
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {p}: {e.strerror or e}") from None
+    if b"\0" in data[: 1 << 16]:
+        raise ConfigError(f"{key}: {p} is not a text CSV file (it holds NUL bytes)")
+    if digests is not None:
+        digests.append(hashlib.sha1(data).hexdigest())
+    try:
+        df = pd.read_csv(io.BytesIO(data))
     except (ValueError, OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{key}: cannot read {p} as CSV: {e}") from None
+        raise ConfigError(f"{key}: cannot read {p} as CSV: {type(e).__name__}: {echo(str(e), 200)}") from None
+    _refuse_infinities(df, key, p)
+    return df
+
+
+def _refuse_infinities(df: pd.DataFrame, key: str, path: Path) -> None:
+    """inf in a numeric column would train to a NaN loss (or a NaN-free but infinite one): refused at
+    load, naming the column and the row. (NaN is a missing value, which the features fill with 0.)"""
+    for c in df.columns:
+        if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
+            values = df[c].to_numpy(dtype="float64", na_value=np.nan)
+            bad = np.isinf(values)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise ConfigError(f"{key}: column {echo(c)}, row {row + 1} (line {row + 2} of {path}) is {values[row]}; "
+                                  "non-finite values are refused (leave a cell empty for a missing value)")
 
 
 def _class_indices(col: pd.Series, classes: list, key: str) -> torch.Tensor:
     codes = pd.Index(classes).get_indexer(col)  # -1: not a training class
     if (codes < 0).any():
         bad = col[codes < 0].iloc[0]
-        raise ConfigError(f"{key}: target value {bad!r} is not one of the training classes {classes}")
+        raise ConfigError(f"{key}: target value {echo(bad)} is not one of the training classes {echo_list(classes)}")
     return torch.from_numpy(codes.astype(np.int64))
 
 
 def _regression_target(col: pd.Series, key: str) -> torch.Tensor:
-    try:
-        v = pd.to_numeric(col, errors="raise").to_numpy(dtype=np.float32)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"dataset.task: regression needs a numeric target column ({key}: {e})") from None
+    numbers = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    text = np.isnan(numbers) & col.notna().to_numpy()
+    if text.any():
+        row = int(np.flatnonzero(text)[0])
+        raise ConfigError(f"dataset.task: regression needs a numeric target column ({key}: row {row + 1} of "
+                          f"{echo(col.name)} is {echo(col.iloc[row])})")
+    with np.errstate(over="ignore"):
+        v = numbers.astype(np.float32)
+    beyond = ~np.isfinite(v) & ~np.isnan(numbers)
+    if beyond.any():  # inf, or a number past float32's range, which the targets are trained in
+        row = int(np.flatnonzero(beyond)[0])
+        raise ConfigError(f"{key}: target column {echo(col.name)}, row {row + 1} (line {row + 2}) is {numbers[row]}; "
+                          "non-finite targets (or beyond float32's range, 3.4e38) are refused")
     return torch.from_numpy(v).reshape(-1, 1)
 
 
@@ -103,17 +152,22 @@ def csv_dataset(cfg) -> Source:
     task = cfg.get("task")
     if task not in (CLASSIFICATION, REGRESSION):
         raise ConfigError(f"dataset.task: must be {CLASSIFICATION} or {REGRESSION}, got {task!r}")
-    df = read_csv(cfg.path, "dataset.path")
+    max_categories = cfg.get("max_categories", MAX_CATEGORIES)
+    if isinstance(max_categories, bool) or not isinstance(max_categories, int) or max_categories < 1:
+        raise ConfigError(f"dataset.max_categories: expected a positive integer, got {echo(max_categories)}")
+    digests: list[str] = []
+    df = read_csv(cfg.path, "dataset.path", digests)
     target = cfg.get("target")
     if target is None or target not in df.columns:
-        raise ConfigError(f"dataset.target: column {target!r} not in {cfg.path}; columns: {', '.join(map(str, df.columns))}")
+        raise ConfigError(f"dataset.target: column {echo(target)} not in {cfg.path}; its {len(df.columns):,} columns: "
+                          f"{echo_list(map(str, df.columns))}")
     drop = [str(c) for c in (cfg.get("drop") or [])]
     unknown = [c for c in drop if c not in df.columns]
     if unknown:
-        raise ConfigError(f"dataset.drop: columns {unknown} not in {cfg.path}")
+        raise ConfigError(f"dataset.drop: columns {echo_list(unknown)} not in {cfg.path}")
     if df[target].isna().any():
-        raise ConfigError(f"dataset.target: column {target!r} has {int(df[target].isna().sum())} missing values")
-    test = read_csv(cfg.test_path, "dataset.test_path") if cfg.get("test_path") else None
+        raise ConfigError(f"dataset.target: column {echo(target)} has {int(df[target].isna().sum())} missing values")
+    test = read_csv(cfg.test_path, "dataset.test_path", digests) if cfg.get("test_path") else None
 
     extra = {}
     if task == CLASSIFICATION:
@@ -123,7 +177,7 @@ def csv_dataset(cfg) -> Source:
         except TypeError:
             classes = sorted(seen, key=str)
         if len(classes) < 2:
-            raise ConfigError(f"dataset.task: classification needs >= 2 classes in {target!r}, found {classes}")
+            raise ConfigError(f"dataset.task: classification needs >= 2 classes in {echo(target)}, found {echo_list(classes)}")
         extra["classes"] = [c.item() if hasattr(c, "item") else c for c in classes]  # index -> name
         y = _class_indices(df[target], classes, "dataset.target")
         num_outputs = len(classes)
@@ -142,5 +196,6 @@ def csv_dataset(cfg) -> Source:
             )
     return Source(
         name="csv", task=task, x=df.drop(columns=[target, *drop]), y=y, x_test=x_test, y_test=y_test,
-        num_outputs=num_outputs, featurizer=TabularFeatures.fit, extra=extra,
+        num_outputs=num_outputs, featurizer=functools.partial(TabularFeatures.fit, max_categories=max_categories),
+        extra=extra, fingerprint="sha1:" + ",".join(digests),
     )
