@@ -640,11 +640,11 @@ class Objective:
         _, splits = self.data(cfg.dataset)
         columns = {"study": self.study_name, "trial": trial.number}
         run_id, summary = execute(
-            cfg, splits, extra_meta=self.extra_meta, extra_columns=columns, on_epoch=self._pruning(trial), stop_on=(optuna.TrialPruned,)
+            cfg, splits, extra_meta=self.extra_meta, extra_columns=columns, on_epoch=self._pruning(trial, cfg), stop_on=(optuna.TrialPruned,)
         )
         return self._conclude(trial, run_id, summary)
 
-    def _pruning(self, trial) -> Callable[[int, list[dict[str, Any]]], None]:
+    def _pruning(self, trial, cfg) -> Callable[[int, list[dict[str, Any]]], None]:
         """A trial run's `on_epoch`: report the metric, raise TrialPruned when the pruner says so."""
         import optuna
 
@@ -746,7 +746,7 @@ class Objective:
                         continue
                     cfgs = [cfg for _, cfg in group]
                     members = [Member(extra_meta=self.extra_meta, extra_columns={"study": self.study_name, "trial": t.number},
-                                      on_epoch=self._pruning(t)) for t, _ in group]
+                                      on_epoch=self._pruning(t, c)) for t, c in group]
                     try:
                         ran = execute_group(cfgs, [self.data(cfgs[0].dataset)[1]] * len(cfgs), members, stop_on=(optuna.TrialPruned,))
                     except Exception as e:
@@ -856,7 +856,7 @@ def work(study, objective: Objective, n_trials: int, *, deadline: float | None =
     still needs.
     """
     try:
-        return _work(study, objective, n_trials, deadline, on_trial, on_wait, max_failures)
+        return _work(study, objective, n_trials, deadline, on_trial, on_wait, max_failures, vectorize)
     except Exception as e:
         cause = storage_cause(e)
         if cause is None:
@@ -890,7 +890,7 @@ def _cause_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
-def _work(study, objective, n_trials, deadline, on_trial, on_wait, max_failures) -> str:
+def _work(study, objective, n_trials, deadline, on_trial, on_wait, max_failures, vectorize: int = 1) -> str:
     import warnings
 
     import optuna
