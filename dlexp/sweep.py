@@ -412,11 +412,17 @@ def storage_target(spec: str | None, results_dir: str | Path, study: str) -> tup
                       "a .db file, or a journal file (journal:PATH, *.log, *.jsonl)")
 
 
-def _storage_file(path: str | Path, what: str) -> Path:
-    """The absolute path of a storage file, whose folder exists or can be made (not under a file)."""
+def _storage_file(path: str | Path, what: str, make: bool = False) -> Path:
+    """The absolute path of a storage file, whose folder exists or can be made (not under a file).
+    The folder is made only with `make` (when the storage is opened): checking writes nothing."""
     try:
         path = Path(path).expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if make:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            ancestor = next(p for p in path.parents if p.exists())
+            if not ancestor.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(ancestor))
     except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
         raise ConfigError(f"{what}: cannot make the folder of {path}: {getattr(e, 'strerror', None) or e}") from None
     if path.is_dir():
@@ -474,7 +480,7 @@ def open_storage(kind: str, target: str, heartbeat: int | None = 10):
     engine_kwargs: dict[str, Any] = {}
     remember(target)  # a worker process masks what its parent masks
     if target.startswith("sqlite"):
-        path = _storage_file(_sqlite_path(target), f"--storage {mask(target, target)}")
+        path = _storage_file(_sqlite_path(target), f"--storage {mask(target, target)}", make=True)
         _sqlite_wal(path)
         # several local workers: wait for the write lock instead of failing with "database is locked"
         engine_kwargs["connect_args"] = {"timeout": 120}

@@ -14,6 +14,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,9 @@ def parts(command: str) -> list[str]:
 
 
 def reason_not_run(part: str) -> str | None:
+    command = re.sub(r"^(\w+=\S*\s+)+", "", part)  # after leading VAR=value assignments
     for start, why in NOT_RUN.items():
-        if part.startswith(start):
+        if command.startswith(start):
             return why
     for marker, why in NEEDS.items():
         if marker in part:
@@ -147,9 +149,11 @@ def test_every_readme_bash_block_runs_as_printed(tmp_path, data_env):
                 skipped.append(f"README:{line} `{part}`: {why}")
                 continue
             short = shorten(part)
+            t0 = time.perf_counter()
             res = _bash(short, tmp_path, env)
             assert res.returncode == 0, f"README:{line}: `{short}` exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-            ran.append(part)
+            ran.append(f"{time.perf_counter() - t0:6.1f} s  README:{line} `{short}`")
+    print("\n".join(["ran (seconds each):"] + ran))
     assert len(ran) >= 20, ran
     print("\n".join(["not run here:"] + skipped))
     # nothing the README's examples wrote lands outside the results folder of the scratch checkout
