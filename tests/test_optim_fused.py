@@ -166,6 +166,23 @@ def test_a_run_that_does_not_ask_for_fused_never_builds_or_loads_the_kernels():
     assert "loaded: False dynamo: False" in out, out
 
 
+HELP_PROBE = """
+import sys
+from dlexp.cli import main
+sys.argv = ["dlexp", "--help"]
+try:
+    main()
+except SystemExit:
+    pass
+print("imported:", sorted(m for m in ("torch", "dlexp.optim", "dlexp.optim.fused") if m in sys.modules))
+"""
+
+
+def test_dlexp_help_imports_neither_torch_nor_the_kernels():
+    out = subprocess.run([sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, check=True).stdout
+    assert "imported: []" in out, out
+
+
 CACHED_PROBE = """
 import torch
 from dlexp.optim import OPTIMIZERS, fused
@@ -197,10 +214,13 @@ except ConfigError as e:
 """
 
 
-@pytest.mark.parametrize("how", ["CXX names no program", "no compiler on PATH", "the build fails"])
-def test_a_missing_compiler_is_a_one_line_config_error(tmp_path, how):
+@pytest.mark.parametrize("how", ["CXX names no program", "no compiler on PATH", "the build fails", "no cache folder"])
+def test_no_compiler_a_failing_build_or_no_cache_folder_is_a_one_line_config_error(tmp_path, how):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    if how == "CXX names no program":
+    if how == "no cache folder":  # the cache path is a file: the kernels have nowhere to go
+        (tmp_path / "cache").write_text("not a folder")
+        expected = "for the built kernels (Not a directory); set XDG_CACHE_HOME to a writable folder"
+    elif how == "CXX names no program":
         env["CXX"] = str(tmp_path / "nonexistent-c++")
         expected = "could not run the C++ compiler"
     elif how == "the build fails":  # a compiler that runs and fails, with its own error lines

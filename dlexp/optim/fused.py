@@ -146,7 +146,11 @@ def _build() -> Path:
     target = folder / f"fused-{capability.lower().replace(' ', '')}-{key}.so"
     if target.exists():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a read-only home on a cluster node, a file where the folder should be
+        raise ConfigError(f"fused=True: cannot create {folder} for the built kernels ({e.strerror}); "
+                          "set XDG_CACHE_HOME to a writable folder") from None
     # built under a name of its own and renamed into place: processes that build at once (workers
     # of a grid) each get a whole file, and a reader never sees half of one
     partial = folder / f".{target.name}.{os.getpid()}.{threading.get_ident()}"
