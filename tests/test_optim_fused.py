@@ -131,6 +131,25 @@ def test_tensors_the_kernels_cannot_take_run_the_foreach_rule():
         _assert_same(pair_a, pair_b, equal=False)  # foreach against the rule: within rounding
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_params_take_the_foreach_rule():
+    """dlexp has no CUDA kernel of its own: fused=True on CUDA runs the foreach rule (the kernels are
+    not even handed a pointer), which agrees with the per-tensor rule within rounding."""
+    for name in OPTIMIZERS:
+        a = [torch.nn.Parameter(p.detach().cuda()) for p in _params([(300, 7), (5,)])]
+        b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+        cls = OPTIMIZERS[name].cls
+        opt_a, opt_b = cls(a, fused=True, **RICH[name]), cls(b, foreach=False, **RICH[name])
+        for _ in range(3):
+            for pa, pb in zip(a, b):
+                pa.grad = torch.randn_like(pa)
+                pb.grad = pa.grad.clone()
+            opt_a.step()
+            opt_b.step()
+        _assert_same((a, opt_a), (b, opt_b), equal=False)
+
+
 def test_fused_refuses_what_torchs_fused_optimizers_refuse():
     p = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
     p.grad = torch.randn_like(p)
