@@ -30,7 +30,7 @@ def test_signature_is_torchs(name: str) -> None:
     spec = OPTIMIZERS[name]
     ours = dict(inspect.signature(spec.cls).parameters)
     theirs = inspect.signature(spec.torch_cls).parameters
-    if "fused" not in theirs:  # torch has no fused RMSprop or Adadelta; dlexp adds its compiled path
+    if "fused" not in theirs:  # torch has no fused RMSprop or Adadelta; dlexp adds its fused kernels
         extra = ours.pop("fused")
         assert extra.kind == inspect.Parameter.KEYWORD_ONLY and extra.default is None
     assert list(ours) == list(theirs)

@@ -63,7 +63,7 @@ def test_every_optimizer_and_option_is_in_the_table() -> None:
             if hp == "lr" or (name == "adamw" and hp == "weight_decay"):
                 continue  # lr is in every row; AdamW's plain row runs its default decay 1e-2
             if hp == "fused":
-                continue  # the compiled path: against the per-tensor rule in tests/test_optim_fused.py
+                continue  # the fused kernels: against the per-tensor rule in tests/test_optim_fused.py
             assert (name, hp) in covered, f"no parity case switches on {name}.{hp}"
 
 

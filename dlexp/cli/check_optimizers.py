@@ -30,7 +30,8 @@ def check_optimizers(
     against torch (parameters, state, state_dict), every error input, and the generic behaviours of
     torch's test_optim.py (state_dict round trips, hooks, deepcopy, LR schedulers, no-grad steps,
     add_param_group, tensor lr, complex and sparse parameters). Deliberate differences are rows
-    with their reason. The first run compiles the fused=True cases (minutes).
+    with their reason. The first fused=True case builds dlexp's fused kernels (seconds, once per
+    machine; it needs a C++ compiler).
 
     Exits with 1 if any case differs by more than its tolerance.
     """

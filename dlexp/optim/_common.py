@@ -1,5 +1,5 @@
 """Small helpers shared by the hand-written optimizers: argument checks, the `step` counter, the
-choice between the per-tensor rule, the foreach fast path and the compiled path, and the iteration
+choice between the per-tensor rule, the foreach fast path and the fused kernels, and the iteration
 over a param group's tensors that all three use.
 
 Nothing here is an algorithm; each `dlexp/optim/<name>.py` reads top to bottom on its own.
@@ -40,10 +40,20 @@ class Optimizer(torch.optim.Optimizer):
     `step` that is a plain number (checkpoints of older torch versions) turned back into a tensor on
     load, as every torch.optim class does in its `__setstate__`."""
 
-    add_param_group = _dynamo_import_deferred("add_param_group")
+    _add_param_group = _dynamo_import_deferred("add_param_group")
     zero_grad = _dynamo_import_deferred("zero_grad")
     state_dict = _dynamo_import_deferred("state_dict")
     load_state_dict = _dynamo_import_deferred("load_state_dict")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's `add_param_group`; for a fused=True group with CPU params, dlexp's fused kernels are
+        built (or loaded) here, so that a missing compiler is a one-line error before training."""
+        self._add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group.get("fused") and any(p.is_cpu for p in group["params"]):
+            from dlexp.optim import fused  # not imported by runs that do not ask for fused=True
+
+            fused.library()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # load_state_dict ends with this call too
@@ -83,7 +93,7 @@ def check_nonnegative(name: str, value: float) -> None:
 
 def check_impl_flags(foreach: bool | None, fused: bool | None, differentiable: bool) -> None:
     """The combinations of torch's implementation switches that torch.optim refuses, with its
-    messages. `fused=True` is dlexp's compiled path (see `compiled.py`)."""
+    messages. `fused=True` is dlexp's fused kernels (see `fused.py`)."""
     if fused:
         if differentiable:
             raise RuntimeError("`fused` does not support `differentiable`")
@@ -191,11 +201,12 @@ def closure_loss(closure) -> Any:
 
 def apply_rule(
     params, grads, states, group, hp: dict[str, Any], rule, multi_tensor_rule, *,
-    per_tensor_only: bool = False, compiled_rule=None,
+    per_tensor_only: bool = False, fused_rule=None,
 ) -> None:
     """One param group's update, by one of three paths that compute the same rule:
 
-    - fused=True: `compiled_rule` (the foreach rule through torch.compile, see `compiled.py`);
+    - fused=True: `fused_rule` (dlexp's C++ kernel of the rule, see `fused.py`), which returns the
+      tensors it could not take (not on the CPU: CUDA); those go on by the paths below;
     - foreach (the default): `multi_tensor_rule`, on each (device, dtype) bucket;
     - foreach=False: the readable per-tensor `rule`, the ground truth the others are tested against.
 
@@ -203,9 +214,11 @@ def apply_rule(
     `differentiable=True` and tensor hyperparameters run it whatever foreach says (torch's foreach
     paths refuse them or fall back to their for-loop).
     """
-    if group.get("fused") and compiled_rule is not None:
-        compiled_rule(params, grads, states, group, hp)
-    elif use_foreach(group) and not per_tensor_only:
+    if group.get("fused") and fused_rule is not None:
+        params, grads, states = fused_rule(params, grads, states, group, hp)
+        if not params:
+            return
+    if use_foreach(group) and not per_tensor_only:
         for lists in split_by_device_and_dtype(params, grads, states):
             multi_tensor_rule(*lists, **hp)
     else:

@@ -30,7 +30,8 @@ from dlexp.optim._common import (
     to_scalar,
     view_as_real,
 )
-from dlexp.optim.compiled import check_fused_params, run_compiled
+from dlexp.optim import fused
+from dlexp.optim.fused import check_fused_params
 
 __all__ = ["Adadelta", "adadelta"]
 
@@ -119,35 +120,26 @@ def _multi_tensor_adadelta(
     torch._foreach_add_(params, deltas, alpha=-lr)
 
 
-def _fused_adadelta(params, grads, square_avgs, acc_deltas, steps, *, lr, rho, eps, weight_decay,
-                    has_weight_decay: bool, maximize: bool) -> None:
-    """`_multi_tensor_adadelta` written for torch.compile (fused=True): per tensor, one pass."""
-    for p, g, square_avg, acc_delta, step in zip(params, grads, square_avgs, acc_deltas, steps):
-        step += 1
-        g = -g if maximize else g
-        if has_weight_decay:
-            g = g + weight_decay * p
-        square_avg.mul_(rho).addcmul_(g, g, value=1 - rho)
-        delta = (acc_delta + eps).sqrt() / (square_avg + eps).sqrt() * g
-        acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
-        p.sub_(lr * delta)
-
-
-def compiled_adadelta(params, grads, states, group, hp) -> None:
-    """fused=True for Adadelta (torch has no fused Adadelta): `_fused_adadelta` through torch.compile."""
+def fused_adadelta(params, grads, states, group, hp):
+    """fused=True for Adadelta (torch has no fused Adadelta): `adadelta` in one C++ pass over each
+    tensor (`fused.cpp`), bitwise equal to it, on each (device, dtype) bucket the kernel takes;
+    returns the rest (CUDA) for the foreach rule."""
     check_fused_params(params)
-    flags = dict(has_weight_decay=hp["weight_decay"] != 0, maximize=hp["maximize"])
-    scalars = {k: hp[k] for k in ("lr", "rho", "eps", "weight_decay")}
+    bits = fused.option_bits(maximize=hp["maximize"], weight_decay=hp["weight_decay"] != 0)
+    values = (hp["lr"], hp["rho"], hp["eps"], hp["weight_decay"])
+    left = ([], [], [])
     for ps, gs, ss in split_by_device_and_dtype(params, grads, states):
-        lists = (ps, gs, [s["square_avg"] for s in ss], [s["acc_delta"] for s in ss], [s["step"] for s in ss])
-        run_compiled(_fused_adadelta, flags, lists, scalars)
+        columns = [ps, gs, [s["square_avg"] for s in ss], [s["acc_delta"] for s in ss], [s["step"] for s in ss]]
+        if not fused.run("adadelta", columns, values, bits, step_column=4):
+            fused.leave(left, ps, gs, ss)
+    return left
 
 
 class Adadelta(Optimizer):
     """Hand-written `torch.optim.Adadelta`: same signature, defaults, state keys and results.
 
     `fused=True` is not in torch's Adadelta signature (torch has no fused Adadelta); dlexp accepts
-    it as a keyword for its compiled path."""
+    it as a keyword for its fused CPU kernel (`fused.py`)."""
 
     def __init__(
         self,
@@ -209,7 +201,7 @@ class Adadelta(Optimizer):
             )  # fmt: skip
             apply_rule(
                 params, grads, states, group, hp, adadelta, _multi_tensor_adadelta,
-                per_tensor_only=group["differentiable"] or any_tensor(group["lr"]), compiled_rule=compiled_adadelta,
+                per_tensor_only=group["differentiable"] or any_tensor(group["lr"]), fused_rule=fused_adadelta,
             )  # fmt: skip
         return loss
 

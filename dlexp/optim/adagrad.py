@@ -31,7 +31,8 @@ from dlexp.optim._common import (
     to_scalar,
     view_as_real,
 )
-from dlexp.optim.compiled import check_fused_params, run_compiled
+from dlexp.optim import fused
+from dlexp.optim.fused import check_fused_params
 
 __all__ = ["Adagrad", "adagrad"]
 
@@ -123,28 +124,18 @@ def _multi_tensor_adagrad(
     torch._foreach_addcdiv_(params, grads, std, minus_clr)
 
 
-def _fused_adagrad(params, grads, state_sums, steps, *, lr, lr_decay, weight_decay, eps,
-                   has_weight_decay: bool, maximize: bool) -> None:
-    """`_multi_tensor_adagrad` written for torch.compile (fused=True): per tensor, one pass."""
-    for p, g, state_sum, step in zip(params, grads, state_sums, steps):
-        step += 1
-        g = -g if maximize else g
-        if has_weight_decay:
-            g = g + weight_decay * p
-        # in float64 from the (float32) step, then rounded to the param's dtype: what the eager
-        # rule's Python float does (a 1-element tensor would otherwise promote the update)
-        clr = (lr / (1 + (step.to(torch.float64) - 1) * lr_decay)).to(p.dtype)
-        state_sum.addcmul_(g, g)
-        p.sub_(clr * (g / (state_sum.sqrt() + eps)))
-
-
-def compiled_adagrad(params, grads, states, group, hp) -> None:
-    """fused=True for Adagrad: `_fused_adagrad` through torch.compile on each (device, dtype) bucket."""
+def fused_adagrad(params, grads, states, group, hp):
+    """fused=True for Adagrad: `adagrad` in one C++ pass over each tensor (`fused.cpp`), bitwise equal
+    to it, on each (device, dtype) bucket the kernel takes; returns the rest (CUDA) for the foreach rule."""
     check_fused_params(params)
-    flags = dict(has_weight_decay=hp["weight_decay"] != 0, maximize=hp["maximize"])
-    scalars = {k: hp[k] for k in ("lr", "lr_decay", "weight_decay", "eps")}
+    bits = fused.option_bits(maximize=hp["maximize"], weight_decay=hp["weight_decay"] != 0)
+    values = (hp["lr"], hp["lr_decay"], hp["weight_decay"], hp["eps"])
+    left = ([], [], [])
     for ps, gs, ss in split_by_device_and_dtype(params, grads, states):
-        run_compiled(_fused_adagrad, flags, (ps, gs, [s["sum"] for s in ss], [s["step"] for s in ss]), scalars)
+        columns = [ps, gs, [s["sum"] for s in ss], [s["step"] for s in ss]]
+        if not fused.run("adagrad", columns, values, bits, step_column=3):
+            fused.leave(left, ps, gs, ss)
+    return left
 
 
 class Adagrad(Optimizer):
@@ -227,7 +218,7 @@ class Adagrad(Optimizer):
             per_tensor_only = has_sparse or group["differentiable"] or any_tensor(group["lr"])
             apply_rule(
                 params, grads, states, group, hp, adagrad, _multi_tensor_adagrad,
-                per_tensor_only=per_tensor_only, compiled_rule=compiled_adagrad,
+                per_tensor_only=per_tensor_only, fused_rule=fused_adagrad,
             )  # fmt: skip
         return loss
 

@@ -31,7 +31,8 @@ from dlexp.optim._common import (
     to_scalar,
     view_as_real,
 )
-from dlexp.optim.compiled import check_fused_params, run_compiled
+from dlexp.optim import fused
+from dlexp.optim.fused import check_fused_params
 
 __all__ = ["Adam", "adam"]
 
@@ -149,47 +150,22 @@ def _multi_tensor_adam(
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
 
 
-def _fused_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1, beta2, eps,
-                weight_decay, has_weight_decay: bool, decoupled: bool, amsgrad: bool, maximize: bool):
-    """`_multi_tensor_adam` written for torch.compile (fused=True): per tensor, one pass.
-
-    The bias corrections of all tensors are computed first, in float64 as the eager rule's Python
-    floats, and returned: a returned value is computed once, where inductor would otherwise redo the
-    two powers inside every tensor's loop (20% of the step of d2l's MLP)."""
-    torch._foreach_add_(steps, 1)
-    t = torch.stack(steps).to(torch.float64)  # (n,): the step of each tensor
-    step_sizes = lr / (1 - beta1**t)
-    bias_correction2_sqrts = (1 - beta2**t).sqrt()
-    for i, (p, g, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
-        g = -g if maximize else g
-        if has_weight_decay:
-            if decoupled:
-                p.mul_(1 - lr * weight_decay)
-            else:
-                g = g + weight_decay * p
-        exp_avg.lerp_(g, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        if amsgrad:
-            max_exp_avg_sqs[i].copy_(torch.maximum(max_exp_avg_sqs[i], exp_avg_sq))
-            exp_avg_sq = max_exp_avg_sqs[i]
-        # the scalars rounded to the param's dtype, as the eager rule's Python floats are
-        denom = exp_avg_sq.sqrt() / bias_correction2_sqrts[i].to(p.dtype) + eps
-        p.sub_(step_sizes[i].to(p.dtype) * (exp_avg / denom))
-    return step_sizes, bias_correction2_sqrts
-
-
-def compiled_adam(params, grads, states, group, hp) -> None:
-    """fused=True for Adam and AdamW: `_fused_adam` through torch.compile on each (device, dtype) bucket."""
+def fused_adam(params, grads, states, group, hp):
+    """fused=True for Adam and AdamW: `adam` (`adamw`) in one C++ pass over each tensor (`fused.cpp`),
+    bitwise equal to it, on each (device, dtype) bucket the kernel takes; returns the rest (CUDA)
+    for the foreach rule."""
     check_fused_params(params)
-    flags = dict(has_weight_decay=hp["weight_decay"] != 0, decoupled=hp["decoupled_weight_decay"],
-                 amsgrad=hp["amsgrad"], maximize=hp["maximize"])  # fmt: skip
-    scalars = {k: hp[k] for k in ("lr", "beta1", "beta2", "eps", "weight_decay")}
+    bits = fused.option_bits(maximize=hp["maximize"], weight_decay=hp["weight_decay"] != 0,
+                             decoupled=hp["decoupled_weight_decay"], amsgrad=hp["amsgrad"])  # fmt: skip
+    values = (hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"])
+    left = ([], [], [])
     for ps, gs, ss in split_by_device_and_dtype(params, grads, states):
-        lists = (
-            ps, gs, [s["exp_avg"] for s in ss], [s["exp_avg_sq"] for s in ss],
-            [s["max_exp_avg_sq"] for s in ss] if hp["amsgrad"] else [], [s["step"] for s in ss],
-        )  # fmt: skip
-        run_compiled(_fused_adam, flags, lists, scalars)
+        columns = [ps, gs, [s["exp_avg"] for s in ss], [s["exp_avg_sq"] for s in ss], [s["step"] for s in ss]]
+        if hp["amsgrad"]:
+            columns.append([s["max_exp_avg_sq"] for s in ss])
+        if not fused.run("adam", columns, values, bits, step_column=4):
+            fused.leave(left, ps, gs, ss)
+    return left
 
 
 class Adam(Optimizer):
@@ -280,7 +256,7 @@ class Adam(Optimizer):
             per_tensor_only = group["differentiable"] or any_tensor(group["lr"], beta1, beta2)
             apply_rule(
                 params, grads, states, group, hp, self._rule, _multi_tensor_adam,
-                per_tensor_only=per_tensor_only, compiled_rule=compiled_adam,
+                per_tensor_only=per_tensor_only, fused_rule=fused_adam,
             )  # fmt: skip
         return loss
 

@@ -32,7 +32,8 @@ from dlexp.optim._common import (
     to_scalar,
     view_as_real,
 )
-from dlexp.optim.compiled import check_fused_params, run_compiled
+from dlexp.optim import fused
+from dlexp.optim.fused import check_fused_params
 
 __all__ = ["RMSprop", "rmsprop"]
 
@@ -137,46 +138,32 @@ def _multi_tensor_rmsprop(
         torch._foreach_addcdiv_(params, grads, avg, value=-lr)
 
 
-def _fused_rmsprop(params, grads, square_avgs, grad_avgs, bufs, steps, *, lr, alpha, eps, weight_decay,
-                   momentum, has_weight_decay: bool, has_momentum: bool, centered: bool, maximize: bool) -> None:
-    """`_multi_tensor_rmsprop` written for torch.compile (fused=True): per tensor, one pass."""
-    for i, (p, g, square_avg, step) in enumerate(zip(params, grads, square_avgs, steps)):
-        step += 1
-        g = -g if maximize else g
-        if has_weight_decay:
-            g = g + weight_decay * p
-        square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)
-        if centered:
-            grad_avgs[i].lerp_(g, 1 - alpha)
-            avg = (square_avg - grad_avgs[i] * grad_avgs[i]).sqrt() + eps
-        else:
-            avg = square_avg.sqrt() + eps
-        if has_momentum:
-            bufs[i].mul_(momentum).add_(g / avg)
-            p.sub_(lr * bufs[i])
-        else:
-            p.sub_(lr * (g / avg))
-
-
-def compiled_rmsprop(params, grads, states, group, hp) -> None:
-    """fused=True for RMSprop (torch has no fused RMSprop): `_fused_rmsprop` through torch.compile."""
+def fused_rmsprop(params, grads, states, group, hp):
+    """fused=True for RMSprop (torch has no fused RMSprop): `rmsprop` in one C++ pass over each tensor
+    (`fused.cpp`), bitwise equal to it, on each (device, dtype) bucket the kernel takes; returns the
+    rest (CUDA) for the foreach rule."""
     check_fused_params(params)
-    flags = dict(has_weight_decay=hp["weight_decay"] != 0, has_momentum=hp["momentum"] > 0,
-                 centered=hp["centered"], maximize=hp["maximize"])  # fmt: skip
-    scalars = {k: hp[k] for k in ("lr", "alpha", "eps", "weight_decay", "momentum")}
+    centered, momentum = hp["centered"], hp["momentum"] > 0
+    bits = fused.option_bits(maximize=hp["maximize"], weight_decay=hp["weight_decay"] != 0,
+                             centered=centered, momentum=momentum)  # fmt: skip
+    values = (hp["lr"], hp["alpha"], hp["eps"], hp["weight_decay"], hp["momentum"])
+    left = ([], [], [])
     for ps, gs, ss in split_by_device_and_dtype(params, grads, states):
-        lists = (
-            ps, gs, [s["square_avg"] for s in ss], [s["grad_avg"] for s in ss] if hp["centered"] else [],
-            [s["momentum_buffer"] for s in ss] if hp["momentum"] > 0 else [], [s["step"] for s in ss],
-        )  # fmt: skip
-        run_compiled(_fused_rmsprop, flags, lists, scalars)
+        columns = [ps, gs, [s["square_avg"] for s in ss], [s["step"] for s in ss]]
+        if centered:
+            columns.append([s["grad_avg"] for s in ss])
+        if momentum:
+            columns.append([s["momentum_buffer"] for s in ss])
+        if not fused.run("rmsprop", columns, values, bits, step_column=3):
+            fused.leave(left, ps, gs, ss)
+    return left
 
 
 class RMSprop(Optimizer):
     """Hand-written `torch.optim.RMSprop`: same signature, defaults, state keys and results.
 
     `fused=True` is not in torch's RMSprop signature (torch has no fused RMSprop); dlexp accepts it
-    as a keyword for its compiled path."""
+    as a keyword for its fused CPU kernel (`fused.py`)."""
 
     def __init__(
         self,
@@ -247,7 +234,7 @@ class RMSprop(Optimizer):
             )  # fmt: skip
             apply_rule(
                 params, grads, states, group, hp, rmsprop, _multi_tensor_rmsprop,
-                per_tensor_only=group["differentiable"] or any_tensor(group["lr"]), compiled_rule=compiled_rmsprop,
+                per_tensor_only=group["differentiable"] or any_tensor(group["lr"]), fused_rule=fused_rmsprop,
             )  # fmt: skip
         return loss
 

@@ -25,7 +25,8 @@ from dlexp.optim._common import (
     step_grad_mode,
     to_scalar,
 )
-from dlexp.optim.compiled import check_fused_params, run_compiled
+from dlexp.optim import fused
+from dlexp.optim.fused import check_fused_params
 
 __all__ = ["SGD", "sgd"]
 
@@ -128,36 +129,24 @@ def _multi_tensor_sgd(
     torch._foreach_add_(params, grads, alpha=-lr)
 
 
-def _fused_sgd(params, grads, bufs, *, lr, momentum, dampening, weight_decay,
-               has_weight_decay: bool, has_momentum: bool, nesterov: bool, maximize: bool) -> None:
-    """`_multi_tensor_sgd` written for torch.compile (fused=True): the same operations, per tensor,
-    which inductor fuses into one pass over memory. Scalars are 0-dim tensors; every momentum buffer
-    exists (the first step runs the per-tensor rule, which creates them)."""
-    for i, (p, g) in enumerate(zip(params, grads)):
-        g = -g if maximize else g
-        if has_weight_decay:
-            g = g + weight_decay * p
-        if has_momentum:
-            buf = bufs[i]
-            buf.mul_(momentum).add_(g * (1 - dampening))
-            g = g + momentum * buf if nesterov else buf
-        p.sub_(lr * g)
-
-
-def compiled_sgd(params, grads, states, group, hp) -> None:
-    """fused=True for SGD: `_fused_sgd` through torch.compile on each (device, dtype) bucket."""
+def fused_sgd(params, grads, states, group, hp):
+    """fused=True for SGD: `sgd` in one C++ pass over each tensor (`fused.cpp`), bitwise equal to it,
+    on each (device, dtype) bucket the kernel takes; returns the rest (CUDA) for the foreach rule."""
     check_fused_params(params)
     momentum = hp["momentum"]
     if momentum != 0 and any("momentum_buffer" not in s for s in states):
         for p, g, s in zip(params, grads, states):  # the first step: buffers are created from g
             sgd(p, g, s, **hp)
-        return
-    flags = dict(has_weight_decay=hp["weight_decay"] != 0, has_momentum=momentum != 0,
-                 nesterov=hp["nesterov"], maximize=hp["maximize"])  # fmt: skip
-    scalars = {k: hp[k] for k in ("lr", "momentum", "dampening", "weight_decay")}
+        return [], [], []
+    bits = fused.option_bits(maximize=hp["maximize"], weight_decay=hp["weight_decay"] != 0,
+                             momentum=momentum != 0, nesterov=hp["nesterov"])  # fmt: skip
+    values = (hp["lr"], momentum, hp["dampening"], hp["weight_decay"])
+    left = ([], [], [])
     for ps, gs, ss in split_by_device_and_dtype(params, grads, states):
-        bufs = [s["momentum_buffer"] for s in ss] if momentum != 0 else []
-        run_compiled(_fused_sgd, flags, (ps, gs, bufs), scalars)
+        columns = [ps, gs, [s["momentum_buffer"] for s in ss]] if momentum != 0 else [ps, gs]
+        if not fused.run("sgd", columns, values, bits, step_column=None):
+            fused.leave(left, ps, gs, ss)
+    return left
 
 
 class SGD(Optimizer):
@@ -219,7 +208,7 @@ class SGD(Optimizer):
             per_tensor_only = has_sparse or group["differentiable"] or any_tensor(group["lr"], group["weight_decay"])
             apply_rule(
                 params, grads, states, group, hp, sgd, _multi_tensor_sgd,
-                per_tensor_only=per_tensor_only, compiled_rule=compiled_sgd,
+                per_tensor_only=per_tensor_only, fused_rule=fused_sgd,
             )  # fmt: skip
         return loss
 

@@ -34,8 +34,8 @@ SUITE_DTYPES = (torch.float32, torch.float64, torch.complex64)
 # Largest accepted relative difference (max |a - b| / max |b| per tensor). Most cases are bitwise
 # equal (0.0): each rule replays torch's operations. The differences that remain are rounding:
 # dlexp's foreach Adagrad does one addcdiv where torch's foreach path multiplies first, dlexp's
-# fused=True is compiled code against torch's hand-written kernels (largest seen: 1.9e-7 in float32,
-# 3e-16 in float64), the differentiable Adam folds lr differently (2.4e-7 in float32).
+# fused=True (its own C++ kernels, bitwise its per-tensor rule) against torch's fused kernels, which
+# take a square root and fold scalars in their own way, the differentiable Adam folds lr differently (2.4e-7 in float32).
 TOLERANCES = {torch.float32: 1e-5, torch.complex64: 1e-5, torch.float64: 1e-10}
 # torch's test_rosenbrock_sparse runs 1800 steps (AdaGrad at lr 0.1 needs them to get closer to the
 # optimum than it started); parity is checked every 100 steps
@@ -796,14 +796,14 @@ def deliberate_rows(name: str) -> list[Row]:
     if name in ("rmsprop", "adadelta"):
         rows.append(Row(name, "fused", "fused=True", "-", float("nan"), "deliberate",
                         f"torch.optim.{OPTIMIZERS[name].torch_cls.__name__} has no fused=True; dlexp accepts it "
-                        "as its compiled path (checked against the per-tensor rule by tests/test_optim_fused.py)"))  # fmt: skip
+                        "as its fused CPU kernel (bitwise the per-tensor rule: tests/test_optim_fused.py)"))  # fmt: skip
     return rows
 
 
 def run_suite(names: Iterable[str] | None = None, dtypes=SUITE_DTYPES, fused: bool = True,
               behaviours: bool = True, progress: Callable[[str], None] | None = None) -> list[Row]:
     """Every case for every optimizer in `names` (default: all of dlexp's). `fused=False` leaves out
-    the fused=True samples (each compiles the first time it runs: minutes in all on a 2-core CPU);
+    the fused=True samples (for a machine without a C++ compiler, which fused=True needs);
     the caller must then say so, as `dlexp check-optimizers` does."""
     co = load_optim_db()
     rows: list[Row] = []
