@@ -128,3 +128,66 @@ def cli_subprocess(tmp_path):
         return CliResult(p.returncode, p.stdout, p.stderr)
 
     return call
+
+
+@pytest.fixture
+def start(cli_subprocess):
+    """start("run", ...) -> Popen of a real `python -m dlexp` (started at once; `extra_env` as
+    cli_subprocess); the ones still running are killed in teardown."""
+    procs: list[subprocess.Popen] = []
+
+    def call(*args: str, extra_env: dict | None = None) -> subprocess.Popen:
+        p = cli_subprocess(*args, start=True, extra_env=extra_env)
+        procs.append(p)
+        return p
+
+    yield call
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+
+
+def wait_for(predicate, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
+    """Poll `predicate()` every 5 ms; fail if `proc` ends first (the fault could not be injected) or
+    time runs out."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the command ended (rc {proc.returncode}) before the fault could be injected:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            pytest.fail("timed out waiting for the command to reach the point of the fault")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test, restored after. Bit-level claims need a fixed thread
+    count (a reduction's summation order depends on it); tiny networks also run ~10x faster on one
+    thread than on two on a busy 2-core runner. Use: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the quick subset: `python -m pytest -q -m "not slow"`
+
+SLOW_LIST = Path(__file__).with_name("slow_tests.txt")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests listed in tests/slow_tests.txt get the `slow` marker, beside those that carry it in their
+    code. The list is measured, not guessed: `python tests/slow_tests.py JUNIT.xml` writes it from a
+    full run's `--junitxml` times (every test over a second on the 2-core CI machine)."""
+    listed = {line.strip() for line in SLOW_LIST.read_text().splitlines() if line.strip() and not line.startswith("#")} \
+        if SLOW_LIST.is_file() else set()
+    for item in items:
+        if item.nodeid in listed:
+            item.add_marker(pytest.mark.slow)

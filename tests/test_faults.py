@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SHARED_DATA, SMALL, run_dirs
+from conftest import SHARED_DATA, SMALL, run_dirs, wait_for
 
 # rows per epoch on digits (classification, train/val/test): train loss, acc, lr, epoch_s; val and test loss, acc
 ROWS_PER_EPOCH = 8
@@ -31,33 +31,6 @@ ROWS_PER_EPOCH = 8
 LONG = ["trainer.epochs=30", "trainer.batch_size=16", "model.hidden=[32]", "trainer.device=cpu", "--quiet"]
 
 
-@pytest.fixture
-def start(cli_subprocess):
-    """start("run", ...) -> Popen of a real `python -m dlexp`; leftovers are killed in teardown."""
-    procs: list[subprocess.Popen] = []
-
-    def call(*args: str) -> subprocess.Popen:
-        p = cli_subprocess(*args, start=True)
-        procs.append(p)
-        return p
-
-    yield call
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.communicate()
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Poll `predicate()` every 5 ms; fail if `proc` ends first or time runs out."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the run ended (rc {proc.returncode}) before the fault could be injected:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            pytest.fail("timed out waiting for the run to reach the point of the fault")
-        time.sleep(0.005)
 
 
 def only_run(results_dir: Path) -> Path:

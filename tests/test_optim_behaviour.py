@@ -17,12 +17,8 @@ from dlexp.optim import OPTIMIZERS, SGD, Adadelta, Adagrad, Adam, AdamW, RMSprop
 from dlexp.optim.check import CASES, TOLERANCES, loss_and_backward, make_problem, max_diffs, train_pair
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# bit-level claims: one torch thread (conftest.one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

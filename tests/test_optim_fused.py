@@ -22,12 +22,8 @@ from dlexp.optim import OPTIMIZERS, fused
 from dlexp.optim.check import CASES, max_diffs, train_pair
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# bit-level claims: one torch thread (conftest.one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fused_and_rule(name: str):

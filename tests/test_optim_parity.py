@@ -29,13 +29,8 @@ from dlexp.optim.check import (
 STEPS = 200
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread is ~10x faster than two on a busy 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# bit-level claims: one torch thread (conftest.one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _id(case: Case) -> str:

@@ -15,12 +15,8 @@ from dlexp.optim import OPTIMIZERS
 from dlexp.train import train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-identity claims below are made with one thread (see the asserts)
-    yield
-    torch.set_num_threads(threads)
+# bit-level claims: one torch thread (conftest.one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Bag(nn.Module):

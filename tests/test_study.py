@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,37 +17,12 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SMALL, run_dirs
+from conftest import SMALL, run_dirs, wait_for
 
 # ~30 epochs of ~70 ms on digits: a signal sent after the first checkpoint lands mid-run
 LONG = ["trainer.epochs=30", "trainer.batch_size=16", "model.hidden=[32]", "trainer.device=cpu", "--quiet"]
 
 
-@pytest.fixture
-def start(cli_subprocess):
-    procs: list[subprocess.Popen] = []
-
-    def call(*args: str, extra_env: dict | None = None) -> subprocess.Popen:
-        p = cli_subprocess(*args, start=True, extra_env=extra_env)
-        procs.append(p)
-        return p
-
-    yield call
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.communicate()
-
-
-def wait_for(predicate, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the command ended (rc {proc.returncode}) before the fault could be injected:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            pytest.fail("timed out")
-        time.sleep(0.01)
 
 
 def meta(run: Path) -> dict:

@@ -25,13 +25,8 @@ from dlexp.train import Stop, train
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Bit-level claims need a fixed thread count (a product's summation order depends on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# bit-level claims: one torch thread (conftest.one_thread says why)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @contextlib.contextmanager

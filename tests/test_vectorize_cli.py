@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import SMALL, run_dirs
+from conftest import SMALL, run_dirs, wait_for
 
 ONE = ["trainer.threads=1"]
 
@@ -152,31 +150,6 @@ def test_kfold_vectorized_gives_the_fold_scores_of_kfold_alone(cli, tmp_path):
 # ---- faults --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def start(cli_subprocess):
-    procs: list[subprocess.Popen] = []
-
-    def call(*args: str) -> subprocess.Popen:
-        p = cli_subprocess(*args, start=True)
-        procs.append(p)
-        return p
-
-    yield call
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.communicate()
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the command ended (rc {proc.returncode}) before the fault could be injected:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            pytest.fail("timed out")
-        time.sleep(0.01)
 
 
 LONG = ["trainer.epochs=40", "trainer.batch_size=16", "model.hidden=[32]", "trainer.device=cpu"]
