@@ -490,6 +490,7 @@ def open_storage(kind: str, target: str, heartbeat: int | None = 10):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         kwargs = {}
         if heartbeat:
+            quiet_storage_threads()
             kwargs = dict(heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                           heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
         return _retry(lambda: optuna.storages.RDBStorage(target, engine_kwargs=engine_kwargs, **kwargs), target)
@@ -891,6 +892,40 @@ def storage_cause(error: BaseException) -> BaseException | None:
     return None
 
 
+def _peers_running(study, began, waited_s: float) -> bool:
+    """Whether a worker without heartbeats (a journal storage) should wait for the RUNNING trials that
+    keep it from starting another: yes while one of them was started after this worker began (a peer
+    started with it, as `--jobs` and Slurm workers are) and the wait is shorter than 3 mean trial
+    times (at least 60 s, in case that peer died). A RUNNING trial older than this worker may be a
+    dead process's: no wait (the caller stops `stuck` and says so)."""
+    trials = study.get_trials(deepcopy=False)
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+             if t.state.is_finished() and t.datetime_start is not None and t.datetime_complete is not None]
+    patience = max(60.0, 3 * sum(spans) / len(spans)) if spans else 60.0
+    return waited_s < patience and any(t.state.name == "RUNNING" and t.datetime_start is not None and t.datetime_start >= began
+                                       for t in trials)
+
+
+def quiet_storage_threads() -> None:
+    """Optuna's heartbeat thread writes to the storage too: when the storage fails (a full disk), its
+    traceback would be printed beside dlexp's one line about that failure, which the main thread
+    reports (`work`). Storage errors in other threads are left to that line; any other goes to
+    Python's usual hook."""
+    import threading
+
+    default = threading.excepthook
+    if getattr(default, "dlexp_storage", False):
+        return  # installed already
+
+    def hook(args) -> None:
+        if args.exc_value is not None and storage_cause(args.exc_value) is not None:
+            return
+        default(args)
+
+    hook.dlexp_storage = True
+    threading.excepthook = hook
+
+
 def _cause_text(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
@@ -901,8 +936,12 @@ def _work(study, objective, n_trials, deadline, on_trial, on_wait, max_failures,
 
     import optuna
 
+    import datetime as dt
+
     beat = heartbeat_enabled(study)
     interval = study._storage.get_heartbeat_interval() if beat else None
+    began = dt.datetime.now()  # Optuna stamps trials with naive local times
+    waiting_since: float | None = None
     failures = 0
     max_failures = max_failures or max(5, n_trials)
     last: dict[str, Any] = {}
@@ -927,12 +966,14 @@ def _work(study, objective, n_trials, deadline, on_trial, on_wait, max_failures,
         if exhausted is not None and c["WAITING"] == 0 and exhausted(study):
             return "exhausted"
         if c["WAITING"] == 0 and finished + c["RUNNING"] >= n_trials:
-            if not beat:
+            waiting_since = waiting_since or time.monotonic()
+            if not beat and not _peers_running(study, began, time.monotonic() - waiting_since):
                 return "stuck"
             if on_wait is not None:
                 on_wait(c)
             time.sleep(min(1.0, interval or 1.0))
             continue
+        waiting_since = None
         last.clear()
         if vectorize > 1:
             ended = objective.batch(study, max(1, min(vectorize, n_trials - finished - c["RUNNING"])), on_trial=on_trial)

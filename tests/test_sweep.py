@@ -586,3 +586,22 @@ def test_the_live_view_shows_each_running_trials_epoch_and_an_eta_from_the_finis
     assert running_line(study.get_trials(deepcopy=False)[-1]).startswith("fold 2/5")
     # two running at once: ceil(5 / 2) = 3 rounds of 40 s
     assert sweep_eta(study.get_trials(deepcopy=False), 5) == "about 2 min"
+
+
+def test_without_heartbeats_a_worker_waits_for_a_peers_running_trial_but_not_for_an_older_one():
+    # journal storages have no heartbeat: a RUNNING trial may be a live peer's (a Slurm or --jobs worker
+    # started with this one) or a dead process's. A worker that stopped at once on a peer's last
+    # trial exited 1 while its peer was finishing the study (tests/test_slurm.py saw it).
+    import datetime as dt
+
+    import optuna
+
+    from dlexp.sweep import _peers_running
+
+    study = optuna.create_study()
+    before = dt.datetime.now() - dt.timedelta(seconds=1)
+    study.ask()  # RUNNING from now on
+    after = dt.datetime.now() + dt.timedelta(seconds=1)
+    assert _peers_running(study, began=before, waited_s=0.0)  # started after this worker: a peer's, wait
+    assert not _peers_running(study, began=after, waited_s=0.0)  # older than this worker: maybe dead, stop
+    assert not _peers_running(study, began=before, waited_s=61.0)  # a peer that never ends: stop after 60 s
