@@ -185,7 +185,7 @@ SLOW_LIST = Path(__file__).with_name("slow_tests.txt")
 def pytest_collection_modifyitems(config, items):
     """Tests listed in tests/slow_tests.txt get the `slow` marker, beside those that carry it in their
     code. The list is measured, not guessed: `python tests/slow_tests.py JUNIT.xml` writes it from a
-    full run's `--junitxml` times (every test over a second on the 2-core CI machine)."""
+    full run's `--junitxml` times (every test over 0.3 s on a 2-core machine)."""
     listed = {line.strip() for line in SLOW_LIST.read_text().splitlines() if line.strip() and not line.startswith("#")} \
         if SLOW_LIST.is_file() else set()
     for item in items:

@@ -25,7 +25,7 @@ def node_id(case: ET.Element) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("junit", type=Path, help="the --junitxml file of a full run")
-    ap.add_argument("--over", type=float, default=1.0, help="seconds above which a test is slow (default 1)")
+    ap.add_argument("--over", type=float, default=0.3, help="seconds above which a test is slow (default 0.3)")
     args = ap.parse_args()
     cases = list(ET.parse(args.junit).getroot().iter("testcase"))
     slow = sorted(node_id(c) for c in cases if float(c.get("time", 0)) > args.over and c.find("skipped") is None)

@@ -54,7 +54,7 @@ IMAGES = ("d2l_softmax", "d2l_mlp", "d2l_dropout", "d2l_lenet", "fashion_mnist",
 def shorten(command: str) -> str:
     for pattern, repl in SHORTER:
         command = pattern.sub(repl, command)
-    if command.startswith(TRAINING) and "--cfg" not in command and "--resume" not in command:
+    if without_env(command).startswith(TRAINING) and "--cfg" not in command and "--resume" not in command:
         extra = ["trainer.epochs=5" if "d2l_2d" in command else "trainer.epochs=1"]
         if any(name in command for name in IMAGES):
             extra += ["dataset.num_train=512", "dataset.num_test=256"]
@@ -99,8 +99,13 @@ def parts(command: str) -> list[str]:
     return [p.strip() for p in command.split(" && ")]
 
 
+def without_env(command: str) -> str:
+    """The command after its leading VAR=value assignments (`DLEXP_DATA=../shared/data dlexp run ...`)."""
+    return re.sub(r"^(\w+=\S*\s+)+", "", command)
+
+
 def reason_not_run(part: str) -> str | None:
-    command = re.sub(r"^(\w+=\S*\s+)+", "", part)  # after leading VAR=value assignments
+    command = without_env(part)
     for start, why in NOT_RUN.items():
         if command.startswith(start):
             return why
