@@ -461,8 +461,10 @@ class Pool:
     """`--jobs N`: this process and N-1 persistent worker processes take the points one at a time.
 
     Workers are started once (spawned: each imports torch and dlexp once), keep every data set they
-    have loaded, and ask for the next point as soon as they finish one, so `--jobs 2` is never slower
-    than one process: this process starts training at once, while the workers are still importing.
+    have loaded, and ask for the next point as soon as they finish one; this process starts training
+    at once, while the workers are still importing. (Measured, benchmarks/study_overhead.py: 10 digits
+    runs of 0.3 s took 0.32x the time of one process on a loaded 2-core machine, but 1.07-1.09x on an
+    idle one, where the workers' imports take what the second core gives.)
     Workers die with this process (`dlexp.lifeline`). Ctrl-C or SIGTERM here stops handing out points
     and sends SIGTERM to the workers: their runs end `interrupted` with their checkpoints.
     A worker that dies (killed, out of memory) loses only its point, recorded as `failed`; its run
