@@ -12,7 +12,7 @@ import itertools
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from dlexp.errors import ConfigError, echo
 
@@ -412,14 +412,18 @@ def _key_of(error: Exception, overrides: list[str]) -> str:
     return getattr(error, "full_key", None) or next(interpolated, "config")
 
 
-def compose_grid(grid: list[list[str]], config_dir: str | Path | None = None) -> list[Any]:
-    """`compose` of every point of a grid (from `expand`); an error names the point that failed."""
+def compose_grid(grid: list[list[str]], config_dir: str | Path | None = None,
+                 on_point: Callable[[int], None] | None = None) -> list[Any]:
+    """`compose` of every point of a grid (from `expand`); an error names the point that failed.
+    `on_point(i)` after point i (a long grid's progress line)."""
     cfgs, composer = [], GridComposer(config_dir)
     for i, point in enumerate(grid):
         try:
             cfgs.append(composer(point))
         except ConfigError as e:
             raise point_error(grid, i, e) from None
+        if on_point is not None:
+            on_point(i)
     return cfgs
 
 

@@ -892,6 +892,12 @@ def storage_cause(error: BaseException) -> BaseException | None:
     return None
 
 
+def finished_seconds(trials) -> list[float]:
+    """The wall time of each finished trial (start to end, as the storage recorded them)."""
+    return [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+            if t.state.is_finished() and t.datetime_start is not None and t.datetime_complete is not None]
+
+
 def _peers_running(study, began, waited_s: float) -> bool:
     """Whether a worker without heartbeats (a journal storage) should wait for the RUNNING trials that
     keep it from starting another: yes while one of them was started after this worker began (a peer
@@ -899,8 +905,7 @@ def _peers_running(study, began, waited_s: float) -> bool:
     times (at least 60 s, in case that peer died). A RUNNING trial older than this worker may be a
     dead process's: no wait (the caller stops `stuck` and says so)."""
     trials = study.get_trials(deepcopy=False)
-    spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
-             if t.state.is_finished() and t.datetime_start is not None and t.datetime_complete is not None]
+    spans = finished_seconds(trials)
     patience = max(60.0, 3 * sum(spans) / len(spans)) if spans else 60.0
     return waited_s < patience and any(t.state.name == "RUNNING" and t.datetime_start is not None and t.datetime_start >= began
                                        for t in trials)

@@ -97,18 +97,15 @@ def _compose_all(grid: list[list[str]], config_dir: Optional[str], quiet: bool) 
 
     if len(grid) == 1:
         return [config.compose(grid[0], config_dir)]
-    composer = config.GridComposer(config_dir)
-    cfgs, t0, shown = [], time.perf_counter(), 0.0
-    for i, o in enumerate(grid):
-        try:
-            cfgs.append(composer(o))
-        except config.ConfigError as e:
-            raise config.point_error(grid, i, e) from None
+    t0, shown = time.perf_counter(), [0.0]
+
+    def progress(i: int) -> None:
         now = time.perf_counter() - t0
-        if not quiet and len(grid) >= 500 and now - shown >= 2.0:  # a long grid says how far it got
-            shown = now
+        if not quiet and len(grid) >= 500 and now - shown[0] >= 2.0:  # a long grid says how far it got
+            shown[0] = now
             err.print(f"composing the grid: {i + 1} of {len(grid)} points", markup=False)
-    return cfgs
+
+    return config.compose_grid(grid, config_dir, on_point=progress)
 
 
 def _preflight(cfgs, grid, indices) -> None:

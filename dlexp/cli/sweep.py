@@ -469,8 +469,9 @@ def sweep_eta(trials, left: int) -> str | None:
     of as many trials at once as are running now (at least one); None before a trial has finished."""
     import math
 
-    spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
-             if t.state.is_finished() and t.datetime_start is not None and t.datetime_complete is not None]
+    from dlexp.sweep import finished_seconds
+
+    spans = finished_seconds(trials)
     if not spans or left <= 0:
         return None
     at_once = max(1, sum(1 for t in trials if t.state.name == "RUNNING"))
